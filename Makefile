@@ -1,0 +1,98 @@
+# moe.c — every entry point. `make train`, `make test`, `make report`, `make data`,
+# `make collect`, `make speculate`, `make bench`.
+#
+# Each folder adds to the build in its own module.mk:
+#   LIB_SRCS   += C sources compiled into the project library $(BUILD)/libmoe.a
+#   PROGRAMS   += name      with name_SRCS = main sources    -> $(BUILD)/name
+#   TEST_PROGS += name      with name_SRCS = test sources    -> $(BUILD)/tests/name
+#   SHELL_TESTS += tests/x.sh (run with BUILD set; print PASS/FAIL/SKIP lines)
+#
+# SAN=1 builds everything with AddressSanitizer + UndefinedBehaviorSanitizer into build-san/.
+# GEMM=openblas links OpenBLAS (OpenMP build) instead of oneDNN for the CPU GEMM.
+
+SHELL := /bin/bash
+CC ?= gcc
+ifeq ($(CC),cc)
+CC := gcc
+endif
+CXX ?= g++
+SAN ?= 0
+GEMM ?= dnnl
+
+ifeq ($(SAN),1)
+BUILD ?= build-san
+OPT ?= -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+SANLD := -fsanitize=address,undefined
+else
+BUILD ?= build
+OPT ?= -O3 -g -march=native
+SANLD :=
+endif
+
+CPPFLAGS += -D_GNU_SOURCE -I. -MMD -MP
+CFLAGS += -std=c11 $(OPT) -Wall -Wextra -fopenmp
+CXXFLAGS += -std=c++17 $(OPT) -Wall -Wextra -fopenmp
+LDLIBS += -lpcre2-8 -lcjson -lz -lm
+LDFLAGS += -fopenmp $(SANLD)
+
+ifeq ($(GEMM),openblas)
+CPPFLAGS += -DMOE_GEMM_OPENBLAS -I/usr/include/x86_64-linux-gnu/openblas-openmp
+LDLIBS += -L/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas
+else
+LDLIBS += -ldnnl
+endif
+
+LIB_SRCS := common/util.c common/gemm.c
+PROGRAMS :=
+TEST_PROGS :=
+SHELL_TESTS :=
+
+include $(sort $(wildcard */module.mk */*/module.mk))
+
+LIB := $(BUILD)/libmoe.a
+LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o)
+
+.PHONY: all test test-san bench train data report collect speculate clean deps test-gpu
+.DEFAULT_GOAL := all
+
+all: $(PROGRAMS:%=$(BUILD)/%) $(TEST_PROGS:%=$(BUILD)/tests/%)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
+
+$(LIB): $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+define PROGRAM_RULE
+$(BUILD)/$(1): $$($(1)_SRCS:%.c=$(BUILD)/%.o) $(LIB)
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(LDFLAGS) $$^ $$(LDLIBS) -o $$@
+endef
+$(foreach p,$(PROGRAMS),$(eval $(call PROGRAM_RULE,$(p))))
+
+define TEST_RULE
+$(BUILD)/tests/$(1): $$($(1)_SRCS:%.c=$(BUILD)/%.o) $(LIB)
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(LDFLAGS) $$^ $$(LDLIBS) -o $$@
+endef
+$(foreach t,$(TEST_PROGS),$(eval $(call TEST_RULE,$(t))))
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# ---------------------------------------------------------------------------------------
+# tests: unit tests, gradient checks, end-to-end runs. Ends with "N passed, N failed, N skipped".
+deps:
+	@bash scripts/install_deps.sh
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} tests/run.sh $(BUILD) $(TEST_PROGS:%=$(BUILD)/tests/%) -- $(SHELL_TESTS)
+
+# The same suite under AddressSanitizer + UndefinedBehaviorSanitizer.
+test-san:
+	@$(MAKE) --no-print-directory test SAN=1
+
+clean:
+	rm -rf build build-san
