@@ -2,9 +2,10 @@
 # `make collect`, `make speculate`, `make bench`.
 #
 # Each folder adds to the build in its own module.mk:
-#   LIB_SRCS   += C sources compiled into the project library $(BUILD)/libmoe.a
-#   PROGRAMS   += name      with name_SRCS = main sources    -> $(BUILD)/name
-#   TEST_PROGS += name      with name_SRCS = test sources    -> $(BUILD)/tests/name
+#   MODULES    += mod       with mod_SRCS = C sources        -> $(BUILD)/lib/libmod.a
+#   PROGRAMS   += name      with name_SRCS = main sources, name_MODS = modules it links,
+#                           dependents first (e.g. `data tokenizer common`) -> $(BUILD)/name
+#   TEST_PROGS += name      same, for a test program          -> $(BUILD)/tests/name
 #   SHELL_TESTS += tests/x.sh (run with BUILD set; print PASS/FAIL/SKIP lines)
 #
 # SAN=1 builds everything with AddressSanitizer + UndefinedBehaviorSanitizer into build-san/.
@@ -42,15 +43,13 @@ else
 LDLIBS += -ldnnl
 endif
 
-LIB_SRCS := common/util.c common/gemm.c
+MODULES :=
 PROGRAMS :=
 TEST_PROGS :=
 SHELL_TESTS :=
 
 include $(sort $(wildcard */module.mk */*/module.mk))
 
-LIB := $(BUILD)/libmoe.a
-LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o)
 
 .PHONY: all test test-san bench train data report collect speculate clean deps test-gpu
 .DEFAULT_GOAL := all
@@ -61,23 +60,21 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
 
-$(LIB): $(LIB_OBJS)
-	@mkdir -p $(dir $@)
-	rm -f $@ && ar rcs $@ $^
+define MODULE_RULE
+$(BUILD)/lib/lib$(1).a: $$($(1)_SRCS:%.c=$(BUILD)/%.o)
+	@mkdir -p $$(dir $$@)
+	rm -f $$@ && ar rcs $$@ $$^
+endef
+$(foreach m,$(MODULES),$(eval $(call MODULE_RULE,$(m))))
 
-define PROGRAM_RULE
-$(BUILD)/$(1): $$($(1)_SRCS:%.c=$(BUILD)/%.o) $(LIB)
+# $(1) = output path, $(2) = program name
+define LINK_RULE
+$(1): $$($(2)_SRCS:%.c=$(BUILD)/%.o) $$($(2)_MODS:%=$(BUILD)/lib/lib%.a)
 	@mkdir -p $$(dir $$@)
 	$$(CC) $$(LDFLAGS) $$^ $$(LDLIBS) -o $$@
 endef
-$(foreach p,$(PROGRAMS),$(eval $(call PROGRAM_RULE,$(p))))
-
-define TEST_RULE
-$(BUILD)/tests/$(1): $$($(1)_SRCS:%.c=$(BUILD)/%.o) $(LIB)
-	@mkdir -p $$(dir $$@)
-	$$(CC) $$(LDFLAGS) $$^ $$(LDLIBS) -o $$@
-endef
-$(foreach t,$(TEST_PROGS),$(eval $(call TEST_RULE,$(t))))
+$(foreach p,$(PROGRAMS),$(eval $(call LINK_RULE,$(BUILD)/$(p),$(p))))
+$(foreach t,$(TEST_PROGS),$(eval $(call LINK_RULE,$(BUILD)/tests/$(t),$(t))))
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 

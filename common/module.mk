@@ -1,3 +1,5 @@
-# common/: util.c and gemm.c are in LIB_SRCS from the top Makefile.
+MODULES += common
+common_SRCS := common/util.c common/gemm.c
 TEST_PROGS += test_common
-test_common_SRCS = tests/test_common.c
+test_common_SRCS := tests/test_common.c
+test_common_MODS := common
