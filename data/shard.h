@@ -48,6 +48,13 @@ typedef struct {
 int shard_write(const char *path, const uint32_t *tokens, int64_t n_tokens, int vocab_size,
                 const int64_t *doc_start, const int32_t *doc_domain, int64_t n_docs,
                 const char *const *domain_names, int n_domains, MoeErr *err);
+// Same with an explicit token width: token_bytes 2 or 4 (0 = chosen from vocab_size). Fails,
+// naming the file, when vocab_size does not fit the width (2 bytes: vocab_size <= 65535).
+int shard_write_ex(const char *path, const uint32_t *tokens, int64_t n_tokens, int vocab_size, int token_bytes,
+                   const int64_t *doc_start, const int32_t *doc_domain, int64_t n_docs,
+                   const char *const *domain_names, int n_domains, MoeErr *err);
+// The token width shard_write picks: 2 when vocab_size <= 65535, else 4.
+int shard_token_bytes_for_vocab(int vocab_size);
 // Open (mmap) and fully validate a shard.
 int shard_open(Shard *s, const char *path, MoeErr *err);
 void shard_close(Shard *s);

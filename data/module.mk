@@ -1,0 +1,7 @@
+# data/: token shards, the dataloader, corpus preparation (`prepare`, `make data`).
+MODULES += data
+data_SRCS := data/shard.c data/dataloader.c
+
+TEST_PROGS += test_data
+test_data_SRCS := tests/test_data.c
+test_data_MODS := data common
