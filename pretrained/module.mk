@@ -1,0 +1,8 @@
+# pretrained/: Hugging Face interop (safetensors, config.json), NF4 4-bit quantization,
+# the forward pass of pretrained MoE models, and the `collect` trace collector.
+MODULES += pretrained
+pretrained_SRCS := pretrained/safetensors.c
+
+TEST_PROGS += test_safetensors
+test_safetensors_SRCS := tests/test_safetensors.c
+test_safetensors_MODS := pretrained common
