@@ -20,7 +20,8 @@
 //     char     domains[D][32]  domain names, NUL-padded
 //     uint32   header_crc      CRC-32C of every header byte before this field
 //   records, n_records times
-//     uint32   seq             sequence id (records of one sequence in position order)
+//     uint32   seq             sequence id, unique in the file (a sequence's records are
+//                              contiguous and in position order)
 //     uint32   pos             position in the sequence
 //     uint32   token           token id
 //     uint16   domain          index into domains (< D)
