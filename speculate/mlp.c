@@ -172,11 +172,11 @@ void spec_input_from_trace(const Trace *t, size_t i, int l, int D, int use_reuse
         if (l + d < M) in->target[d - 1] = t->ids + (i * M + l + d) * (size_t)K;
 }
 
-// normalized gate weights: w / sum(w), or 1/K when the sum is not positive
+// embedding coefficients: (w / sum(w) + 1/K) / 2, or 1/K when the sum is not positive
 static void norm_weights(const float *w, int K, float *out) {
     float s = 0;
     for (int k = 0; k < K; k++) s += w[k];
-    for (int k = 0; k < K; k++) out[k] = (s > 0 && isfinite(s)) ? w[k] / s : 1.0f / K;
+    for (int k = 0; k < K; k++) out[k] = (s > 0 && isfinite(s)) ? 0.5f * (w[k] / s + 1.0f / K) : 1.0f / K;
 }
 
 static void embed_rows(const SpecModel *m, const SpecInput *in, int *rows, float *coef, int *n) {

@@ -167,7 +167,7 @@ static void test_gradcheck(const Trace *t, int loss, int n_hidden, int use_reuse
     spec_scratch_init(&s, &c);
     SpecGrad g;
     spec_grad_init(&g, &m);
-    double worst = 0;
+    double worst = 0, worst_num = 0, worst_ana = 0;
     int checked = 0;
     for (int smp = 0; smp < 3; smp++) {
         size_t i = 13 + 31 * (size_t)smp;
@@ -182,15 +182,20 @@ static void test_gradcheck(const Trace *t, int loss, int n_hidden, int use_reuse
             for (size_t q = 0; q < len; q += 1 + len / 6) {
                 size_t k = off + q;
                 float saved = m.params[k];
-                double eps = 1e-2;
+                double eps = 1e-3;
                 m.params[k] = saved + (float)eps;
                 double lp = spec_loss_backward(&m, &in, &s, NULL, 1.0f);
                 m.params[k] = saved - (float)eps;
                 double lm = spec_loss_backward(&m, &in, &s, NULL, 1.0f);
                 m.params[k] = saved;
                 double num = (lp - lm) / (2 * eps), ana = g.g[k];
-                double e = fabs(num - ana) / (fabs(num) + fabs(ana) + 1e-3);
-                if (e > worst) worst = e;
+                // float forward: finite differences carry ~1e-4 absolute noise at eps 1e-3
+                double e = fabs(num - ana) / (3e-4 + 1e-2 * fabs(ana));
+                if (e > worst) {
+                    worst = e;
+                    worst_num = num;
+                    worst_ana = ana;
+                }
                 checked++;
             }
         }
@@ -199,7 +204,9 @@ static void test_gradcheck(const Trace *t, int loss, int n_hidden, int use_reuse
         g.step++;
     }
     CHECK(checked > 50, "only %d parameters checked", checked);
-    CHECK(worst < 2e-2, "worst relative error %.3g over %d parameters", worst, checked);
+    CHECK(worst < 1, "worst error %.3g of tolerance (numeric %.6g analytic %.6g) over %d parameters", worst,
+          worst_num, worst_ana, checked);
+    printf("  worst |numeric - analytic| / (3e-4 + 1e-2 |analytic|) = %.3f over %d parameters\n", worst, checked);
     spec_grad_free(&g);
     spec_scratch_free(&s);
     spec_free(&m);
@@ -218,7 +225,7 @@ static void test_learned(const Trace *t, float p, const char *dir) {
                         .n_tok = 256, .n_pos = 16, .use_reuse = 0, .loss = loss, .rank_weight = 1.0f};
         CHECK(spec_init(&mods[loss], &c, &t->h, 7, &err) == 0, "init: %s", err.msg);
         mods[loss].split_seed = sp.seed;
-        SpecTrainOpts o = {.max_epochs = 6, .patience = 2, .batch = 128, .lr = 1e-2f, .wd = 1e-4f, .seed = 3,
+        SpecTrainOpts o = {.max_epochs = 12, .patience = 3, .batch = 128, .lr = 5e-3f, .wd = 1e-4f, .seed = 3,
                            .max_val = 0, .verbose = 0};
         SpecTrainLog lg;
         CHECK(spec_train(&mods[loss], &sd, &o, &lg, &err) == 0, "train: %s", err.msg);
@@ -229,8 +236,8 @@ static void test_learned(const Trace *t, float p, const char *dir) {
         printf("  %s: %d epochs (best %d) %.1fs, test recall@K d=1 %.4f (rule %.4f) d=2 %.4f (rule %.4f)\n",
                method_names[loss ? METHOD_MLP_LIST : METHOD_MLP_BCE], lg.epochs_run, lg.best_epoch, lg.seconds, r1,
                1 - p, r2, (1 - p) * (1 - p));
-        CHECK(r1 > (1 - p) - 0.05, "d=1 recall@K %.4f below rule %.4f - 0.05", r1, 1 - p);
-        CHECK(r2 > (1 - p) * (1 - p) - 0.07, "d=2 recall@K %.4f below rule %.4f - 0.07", r2, (1 - p) * (1 - p));
+        CHECK(r1 > (1 - p) - 0.03, "d=1 recall@K %.4f below rule %.4f - 0.03", r1, 1 - p);
+        CHECK(r2 > (1 - p) * (1 - p) - 0.04, "d=2 recall@K %.4f below rule %.4f - 0.04", r2, (1 - p) * (1 - p));
         test_end();
     }
 
