@@ -1,6 +1,6 @@
 # data/: token shards, the dataloader, corpus preparation (`prepare`, `make data`).
 MODULES += data
-data_SRCS := data/shard.c data/dataloader.c
+data_SRCS := data/shard.c data/dataloader.c data/corpus.c
 
 TEST_PROGS += test_data
 test_data_SRCS := tests/test_data.c
