@@ -56,12 +56,12 @@ include $(sort $(wildcard */module.mk */*/module.mk))
 
 all: $(PROGRAMS:%=$(BUILD)/%) $(TEST_PROGS:%=$(BUILD)/tests/%)
 
-$(BUILD)/%.o: %.c
+$(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
 
 define MODULE_RULE
-$(BUILD)/lib/lib$(1).a: $$($(1)_SRCS:%.c=$(BUILD)/%.o)
+$(BUILD)/lib/lib$(1).a: $$($(1)_SRCS:%.c=$(BUILD)/obj/%.o)
 	@mkdir -p $$(dir $$@)
 	rm -f $$@ && ar rcs $$@ $$^
 endef
@@ -69,7 +69,7 @@ $(foreach m,$(MODULES),$(eval $(call MODULE_RULE,$(m))))
 
 # $(1) = output path, $(2) = program name
 define LINK_RULE
-$(1): $$($(2)_SRCS:%.c=$(BUILD)/%.o) $$($(2)_MODS:%=$(BUILD)/lib/lib%.a)
+$(1): $$($(2)_SRCS:%.c=$(BUILD)/obj/%.o) $$($(2)_MODS:%=$(BUILD)/lib/lib%.a)
 	@mkdir -p $$(dir $$@)
 	$$(CC) $$(LDFLAGS) $$^ $$(LDLIBS) -o $$@
 endef

@@ -1,0 +1,876 @@
+// The training loop: data -> forward -> backward -> clip -> AdamW -> bias update, with
+// logs, validation, routing statistics per domain, samples, checkpoints and reports.
+#include "trainer.h"
+
+#include <ctype.h>
+#include <math.h>
+#include <omp.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../common/util.h"
+#include "../data/dataloader.h"
+#include "../model/generate.h"
+#include "../model/layer_math.h"
+#include "../model/model.h"
+#include "../plots/collapse.h"
+#include "../plots/report.h"
+#include "../tokenizer/tokenizer.h"
+#include "checkpoint.h"
+
+// ---------------------------------------------------------------------------------------
+// option resolution
+
+static int shape_field_differs(const char *flag, const ModelConfig *a, const ModelConfig *b) {
+#define D(fl, field) \
+    if (!strcmp(flag, fl)) return a->field != b->field;
+    D("vocab-size", vocab_size) D("dim", dim) D("n-layers", n_layers) D("n-dense-layers", n_dense_layers)
+    D("n-heads", n_heads) D("q-lora-rank", q_lora_rank) D("kv-lora-rank", kv_lora_rank)
+    D("qk-nope-dim", qk_nope_dim) D("qk-rope-dim", qk_rope_dim) D("v-head-dim", v_head_dim)
+    D("inter-dim", inter_dim) D("moe-inter-dim", moe_inter_dim) D("n-routed-experts", n_routed_experts)
+    D("n-shared-experts", n_shared_experts) D("mtp-depth", mtp_depth) D("max-seq-len", max_seq_len)
+#undef D
+    return 0;
+}
+
+static const char *resume_allowed[] = {"resume", "name", "max-steps", "val-every", "val-batches", "sample-every",
+                                       "sample-len", "sample-temperature", "sample-top-k", "ckpt-every", "keep-ckpts",
+                                       "report-every", "log-every", "max-bad-steps", "tokenizer", "runs-dir",
+                                       "ckpt-dir", "device", "train-data", "val-data", NULL};
+
+static int in_list(const char *s, const char **list) {
+    for (int i = 0; list[i]; i++)
+        if (!strcmp(s, list[i])) return 1;
+    return 0;
+}
+
+// copy a flag's value from the command-line parse into a config read from a checkpoint
+static void apply_flag_to_cfg(ModelConfig *dst, const ModelConfig *cli, const char *flag) {
+#define A(fl, field) \
+    if (!strcmp(flag, fl)) dst->field = cli->field;
+    A("top-k", top_k) A("n-expert-groups", n_expert_groups) A("n-limited-groups", n_limited_groups)
+    A("route-scale", route_scale) A("score-func", score_func) A("balance", balance)
+    A("bias-update-speed", bias_update_speed) A("aux-alpha", aux_alpha) A("capacity-factor", capacity_factor)
+    A("mtp-lambda", mtp_lambda) A("rope-theta", rope_theta) A("norm-eps", norm_eps)
+#undef A
+}
+
+int trainer_resolve_options(TrainOpts *o, Flag *flags, int nf) {
+    if (flags_find(flags, nf, "score-func")->set) {
+        int s = score_func_from_name(o->score_func_s);
+        if (s < 0) {
+            fprintf(stderr, "error: --score-func must be sigmoid or softmax, got '%s'\n", o->score_func_s);
+            return -1;
+        }
+        o->cfg.score_func = s;
+    }
+    if (flags_find(flags, nf, "balance")->set) {
+        int b = balance_from_name(o->balance_s);
+        if (b < 0) {
+            fprintf(stderr, "error: --balance must be none, bias, seqaux, bias+seqaux or aux, got '%s'\n", o->balance_s);
+            return -1;
+        }
+        o->cfg.balance = b;
+    }
+    if (o->resume[0] && o->init_from[0]) {
+        fprintf(stderr, "error: --resume and --init-from cannot be combined (resume continues a run, init-from starts a new one)\n");
+        return -1;
+    }
+    MoeErr err;
+    if (o->resume[0]) {
+        char path[FLAG_STR_LEN];
+        if (ckpt_resolve(o->resume, path, sizeof path, &err) != 0) {
+            // a bare run name: look under the checkpoint folder
+            char alt[2048];
+            snprintf(alt, sizeof alt, "%s/%s", o->ckpt_dir, o->resume);
+            MoeErr err2;
+            if (ckpt_resolve(alt, path, sizeof path, &err2) != 0) {
+                fprintf(stderr, "error: cannot resume '%s': %s\n", o->resume, err.msg);
+                return -1;
+            }
+        }
+        ModelConfig cfg;
+        CkptTrainState st;
+        if (ckpt_read_header(path, &cfg, &st, &err) != 0) {
+            fprintf(stderr, "error: %s\n", err.msg);
+            return -1;
+        }
+        for (int i = 0; i < nf; i++) {
+            if (!flags[i].set || in_list(flags[i].name, resume_allowed)) continue;
+            if (flags[i].is_shape && shape_field_differs(flags[i].name, &cfg, &o->cfg)) {
+                fprintf(stderr, "error: --%s changes a tensor's shape; a resumed run keeps the checkpoint's model (use --init-from for a new run)\n", flags[i].name);
+                return -1;
+            }
+            fprintf(stderr, "warning: --%s is ignored when resuming (the run continues with its saved options; use --init-from for an ablation)\n", flags[i].name);
+        }
+        o->cfg = cfg;
+        snprintf(o->resume, sizeof o->resume, "%s", path);
+        if (!flags_find(flags, nf, "name")->set) snprintf(o->name, sizeof o->name, "%s", st.run_name);
+        o->batch_size = st.batch_size;
+        o->seq_len = st.seq_len;
+        o->grad_accum = st.grad_accum;
+        o->warmup_steps = st.warmup_steps;
+        if (!flags_find(flags, nf, "max-steps")->set) o->max_steps = st.max_steps;
+        o->lr = st.lr;
+        o->min_lr = st.min_lr;
+        o->weight_decay = st.weight_decay;
+        o->grad_clip = st.grad_clip;
+        o->beta1 = st.beta1;
+        o->beta2 = st.beta2;
+        o->seed = st.seed;
+    } else if (o->init_from[0]) {
+        char path[FLAG_STR_LEN];
+        if (ckpt_resolve(o->init_from, path, sizeof path, &err) != 0) {
+            fprintf(stderr, "error: cannot start from '%s': %s\n", o->init_from, err.msg);
+            return -1;
+        }
+        ModelConfig cfg;
+        CkptTrainState st;
+        if (ckpt_read_header(path, &cfg, &st, &err) != 0) {
+            fprintf(stderr, "error: %s\n", err.msg);
+            return -1;
+        }
+        char *js = o->overrides_json;
+        size_t cap = sizeof o->overrides_json, len = 0;
+        len += (size_t)snprintf(js + len, cap - len, "{");
+        int first = 1;
+        for (int i = 0; i < nf; i++) {
+            const Flag *f = &flags[i];
+            if (!f->set || !strcmp(f->name, "init-from") || !strcmp(f->name, "name")) continue;
+            if (f->is_shape) {
+                if (shape_field_differs(f->name, &cfg, &o->cfg)) {
+                    fprintf(stderr, "error: --%s would change a tensor's shape (checkpoint %s has a different value); "
+                                    "--init-from only allows options that keep every shape\n", f->name, path);
+                    return -1;
+                }
+                continue;
+            }
+            apply_flag_to_cfg(&cfg, &o->cfg, f->name);
+            char val[FLAG_STR_LEN + 8];
+            switch (f->type) {
+                case FLAG_INT: snprintf(val, sizeof val, "%d", *(int *)f->dst); break;
+                case FLAG_FLOAT: snprintf(val, sizeof val, "%g", *(float *)f->dst); break;
+                case FLAG_BOOL: snprintf(val, sizeof val, "%s", *(int *)f->dst ? "true" : "false"); break;
+                case FLAG_U64: snprintf(val, sizeof val, "%llu", (unsigned long long)*(uint64_t *)f->dst); break;
+                default: snprintf(val, sizeof val, "\"%s\"", (char *)f->dst); break;
+            }
+            if (len < cap)
+                len += (size_t)snprintf(js + len, cap - len, "%s\"%s\": %s", first ? "" : ", ", f->name, val);
+            first = 0;
+        }
+        if (len < cap) snprintf(js + len, cap - len, "}");
+        o->cfg = cfg;
+        snprintf(o->init_from, sizeof o->init_from, "%s", path);
+        if (!flags_find(flags, nf, "name")->set) {
+            fprintf(stderr, "error: --init-from starts a new run: give it a name with --name\n");
+            return -1;
+        }
+    } else {
+        if (!flags_find(flags, nf, "max-seq-len")->set && o->seq_len > o->cfg.max_seq_len) o->cfg.max_seq_len = o->seq_len;
+        if (!flags_find(flags, nf, "vocab-size")->set) o->cfg.vocab_size = 0;  // from the data
+    }
+    if (o->batch_size <= 0 || o->seq_len <= 0 || o->grad_accum <= 0 || o->max_steps < 0) {
+        fprintf(stderr, "error: --batch-size, --seq-len and --grad-accum must be > 0 and --max-steps >= 0\n");
+        return -1;
+    }
+    if (o->seq_len > o->cfg.max_seq_len) {
+        fprintf(stderr, "error: --seq-len %d is longer than the model's max_seq_len %d\n", o->seq_len, o->cfg.max_seq_len);
+        return -1;
+    }
+    if (!(o->lr > 0) || o->min_lr < 0 || o->warmup_steps < 0 || o->weight_decay < 0 || o->grad_clip < 0 ||
+        !(o->beta1 >= 0 && o->beta1 < 1) || !(o->beta2 >= 0 && o->beta2 < 1)) {
+        fprintf(stderr, "error: optimizer options out of range (lr > 0, min-lr >= 0, 0 <= beta < 1, ...)\n");
+        return -1;
+    }
+    if (strcmp(o->device, "auto") && strcmp(o->device, "cpu") && strcmp(o->device, "cuda")) {
+        fprintf(stderr, "error: --device must be auto, cpu or cuda, got '%s'\n", o->device);
+        return -1;
+    }
+    if (strcmp(o->precision, "fp32") && strcmp(o->precision, "bf16") && strcmp(o->precision, "fp16")) {
+        fprintf(stderr, "error: --precision must be fp32, bf16 or fp16, got '%s'\n", o->precision);
+        return -1;
+    }
+    for (const char *p = o->name; *p; p++)
+        if (!(isalnum((unsigned char)*p) || *p == '-' || *p == '_' || *p == '.')) {
+            fprintf(stderr, "error: --name '%s' may only hold letters, digits, '-', '_' and '.'\n", o->name);
+            return -1;
+        }
+    if (!o->name[0]) {
+        fprintf(stderr, "error: --name must not be empty\n");
+        return -1;
+    }
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------
+// logging helpers
+
+static void jnum(FILE *fp, double x) {
+    if (isfinite(x)) fprintf(fp, "%.7g", x);
+    else fprintf(fp, "null");
+}
+
+static double rss_mb(void) {
+    FILE *fp = fopen("/proc/self/statm", "r");
+    if (!fp) return NAN;
+    long pages = 0, rss = 0;
+    int ok = fscanf(fp, "%ld %ld", &pages, &rss);
+    fclose(fp);
+    return ok == 2 ? (double)rss * (double)sysconf(_SC_PAGESIZE) / 1e6 : NAN;
+}
+
+// Keep only the lines of a JSONL log whose "step" is <= max_step (resume after a crash that
+// happened after the last checkpoint).
+static void truncate_jsonl(const char *path, int64_t max_step) {
+    char *data = NULL;
+    size_t n = 0;
+    MoeErr err;
+    if (read_file_all(path, &data, &n, &err) != 0) return;
+    char *out = (char *)mallocCheck(n + 1);
+    size_t on = 0;
+    char *line = data;
+    while (line < data + n) {
+        char *nl = memchr(line, '\n', (size_t)(data + n - line));
+        size_t len = nl ? (size_t)(nl - line) + 1 : (size_t)(data + n - line);
+        const char *s = strstr(line, "\"step\":");
+        long long st = -1;
+        if (s && s < line + len) st = strtoll(s + 7, NULL, 10);
+        if (nl && st >= 0 && st <= max_step) {
+            memcpy(out + on, line, len);
+            on += len;
+        }
+        line += len;
+    }
+    write_file_atomic(path, out, on, &err);
+    free(out);
+    free(data);
+}
+
+// ---------------------------------------------------------------------------------------
+// routing statistics of one step
+
+typedef struct {
+    double maxvio, entropy, usage_entropy, dropped, top1;
+} LayerSummary;
+
+static LayerSummary summarize(const Model *m, const RoutingStats *s) {
+    LayerSummary r;
+    int E = m->cfg.n_routed_experts, K = m->cfg.top_k;
+    double total = 0.0, mx = 0.0;
+    for (int e = 0; e < E; e++) {
+        total += s->load[e];
+        mx = s->load[e] > mx ? s->load[e] : mx;
+    }
+    double mean = total / E;
+    r.maxvio = mean > 0 ? (mx - mean) / mean : NAN;
+    r.entropy = s->tokens > 0 ? s->entropy_sum / s->tokens : NAN;
+    double h = 0.0;
+    for (int e = 0; e < E; e++) {
+        double p = total > 0 ? s->load[e] / total : 0.0;
+        if (p > 0) h -= p * log(p);
+    }
+    r.usage_entropy = total > 0 ? h : NAN;
+    r.dropped = s->tokens > 0 ? s->dropped / (s->tokens * K) : NAN;
+    r.top1 = s->tokens > 0 ? s->top1_sum / s->tokens : NAN;
+    return r;
+}
+
+static void log_routing(FILE *fp, const Model *m, int64_t step) {
+    int E = m->cfg.n_routed_experts;
+    double tokens = m->n_moe ? m->stats[0].tokens : 0;
+    fprintf(fp, "{\"step\": %lld, \"tokens\": %.0f, \"layers\": [", (long long)step, tokens);
+    for (int i = 0; i < m->n_moe; i++) {
+        const RoutingStats *s = &m->stats[i];
+        LayerSummary r = summarize(m, s);
+        fprintf(fp, "%s{\"layer\": %d, \"load\": [", i ? ", " : "", s->layer);
+        for (int e = 0; e < E; e++) fprintf(fp, "%s%.0f", e ? ", " : "", s->load[e]);
+        fprintf(fp, "], \"maxvio\": ");
+        jnum(fp, r.maxvio);
+        fprintf(fp, ", \"entropy\": ");
+        jnum(fp, r.entropy);
+        fprintf(fp, ", \"entropy_uniform\": %.7g, \"usage_entropy\": ", log((double)E));
+        jnum(fp, r.usage_entropy);
+        fprintf(fp, ", \"dropped\": ");
+        jnum(fp, r.dropped);
+        fprintf(fp, ", \"top1_weight\": ");
+        jnum(fp, r.top1);
+        fprintf(fp, ", \"bias\": [");
+        const float *b = m->bias + (size_t)s->layer * E;
+        for (int e = 0; e < E; e++) {
+            fprintf(fp, "%s", e ? ", " : "");
+            jnum(fp, b[e]);
+        }
+        fprintf(fp, "]}");
+    }
+    fprintf(fp, "]}\n");
+    fflush(fp);
+}
+
+// ---------------------------------------------------------------------------------------
+// validation: loss, and per-domain / co-activation routing counts
+
+typedef struct {
+    int D, E, nm;
+    double *dom_counts;   // (nm, D, E)
+    double *dom_tokens;   // (D)
+    double *within;       // (nm, E, E)
+    double *across;       // (nm-1, E, E)
+    double tokens;
+} EvalStats;
+
+static float evaluate(Model *m, DataLoader *val, int max_batches, int B, int T, int *inputs, int *targets, int *domains,
+                      EvalStats *es) {
+    dataloader_reset(val);
+    int64_t nb = dataloader_num_batches(val);
+    if (max_batches > 0 && nb > max_batches) nb = max_batches;
+    int E = m->cfg.n_routed_experts, K = m->cfg.top_k, N = B * T;
+    double loss_sum = 0.0;
+    long valid = 0;
+    for (int64_t b = 0; b < nb; b++) {
+        dataloader_next(val, inputs, targets, domains);
+        model_forward(m, inputs, targets, B, T, 0);
+        loss_sum += (double)m->ce_loss * m->n_valid;
+        valid += m->n_valid;
+        if (!es) continue;
+        for (int i = 0; i < es->nm; i++) {
+            const BlockActs *ba = &m->acts[m->moe_block[i]];
+            for (int n = 0; n < N; n++) {
+                int d = domains[n / T];
+                if (d < 0 || d >= es->D) d = 0;
+                for (int k = 0; k < K; k++) {
+                    int e = ba->sel[n * K + k];
+                    es->dom_counts[((size_t)i * es->D + d) * E + e] += 1;
+                    for (int k2 = 0; k2 < K; k2++) es->within[((size_t)i * E + e) * E + ba->sel[n * K + k2]] += 1;
+                    if (i + 1 < es->nm) {
+                        const BlockActs *nx = &m->acts[m->moe_block[i + 1]];
+                        for (int k2 = 0; k2 < K; k2++) es->across[((size_t)i * E + e) * E + nx->sel[n * K + k2]] += 1;
+                    }
+                }
+            }
+        }
+        for (int n = 0; n < N; n++) {
+            int d = domains[n / T];
+            es->dom_tokens[d >= 0 && d < es->D ? d : 0] += 1;
+        }
+        es->tokens += N;
+    }
+    return valid ? (float)(loss_sum / valid) : NAN;
+}
+
+static void write_matrix(FILE *fp, const double *a, int rows, int cols) {
+    fprintf(fp, "[");
+    for (int r = 0; r < rows; r++) {
+        fprintf(fp, "%s[", r ? ", " : "");
+        for (int c = 0; c < cols; c++) fprintf(fp, "%s%.0f", c ? ", " : "", a[(size_t)r * cols + c]);
+        fprintf(fp, "]");
+    }
+    fprintf(fp, "]");
+}
+
+static void write_eval_logs(const char *run_dir, const Model *m, const EvalStats *es, DataLoader *val, int64_t step) {
+    char path[2200];
+    int E = es->E;
+    snprintf(path, sizeof path, "%s/domains.jsonl", run_dir);
+    FILE *fp = fopen(path, "a");
+    if (fp) {
+        fprintf(fp, "{\"step\": %lld, \"domains\": [", (long long)step);
+        for (int d = 0; d < es->D; d++) fprintf(fp, "%s\"%s\"", d ? ", " : "", dataloader_domain_name(val, d));
+        fprintf(fp, "], \"E\": %d, \"tokens\": [", E);
+        for (int d = 0; d < es->D; d++) fprintf(fp, "%s%.0f", d ? ", " : "", es->dom_tokens[d]);
+        fprintf(fp, "], \"layers\": [");
+        for (int i = 0; i < es->nm; i++) {
+            fprintf(fp, "%s{\"layer\": %d, \"counts\": ", i ? ", " : "", m->moe_block[i]);
+            write_matrix(fp, es->dom_counts + (size_t)i * es->D * E, es->D, E);
+            fprintf(fp, "}");
+        }
+        fprintf(fp, "]}\n");
+        fclose(fp);
+    }
+    snprintf(path, sizeof path, "%s/coact.jsonl", run_dir);
+    fp = fopen(path, "a");
+    if (fp) {
+        fprintf(fp, "{\"step\": %lld, \"E\": %d, \"tokens\": %.0f, \"within\": [", (long long)step, E, es->tokens);
+        for (int i = 0; i < es->nm; i++) {
+            fprintf(fp, "%s{\"layer\": %d, \"counts\": ", i ? ", " : "", m->moe_block[i]);
+            write_matrix(fp, es->within + (size_t)i * E * E, E, E);
+            fprintf(fp, "}");
+        }
+        fprintf(fp, "], \"across\": [");
+        for (int i = 0; i + 1 < es->nm; i++) {
+            fprintf(fp, "%s{\"layer\": %d, \"next\": %d, \"counts\": ", i ? ", " : "", m->moe_block[i], m->moe_block[i + 1]);
+            write_matrix(fp, es->across + (size_t)i * E * E, E, E);
+            fprintf(fp, "}");
+        }
+        fprintf(fp, "]}\n");
+        fclose(fp);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+static int dir_exists_(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+// parameters used per token: everything but the unchosen routed experts
+static double active_params(const ModelConfig *c) {
+    size_t total = model_layout(c, NULL, NULL);
+    int nb = c->n_layers + c->mtp_depth, n_moe = 0;
+    for (int l = 0; l < nb; l++) n_moe += l < c->n_layers ? cfg_is_moe_layer(c, l) : (c->n_layers > c->n_dense_layers);
+    double idle = (double)n_moe * (c->n_routed_experts - c->top_k) * 3.0 * c->moe_inter_dim * c->dim;
+    return (double)total - idle;
+}
+
+static void json_str(FILE *fp, const char *s) {
+    fputc('"', fp);
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') fprintf(fp, "\\%c", ch);
+        else if (ch < 0x20) fprintf(fp, "\\u%04x", ch);
+        else fputc(ch, fp);
+    }
+    fputc('"', fp);
+}
+
+static void write_run_json(const char *run_dir, const TrainOpts *o, const Model *m, DataLoader *dl) {
+    char path[2200], cfgjs[4096];
+    snprintf(path, sizeof path, "%s/run.json", run_dir);
+    FILE *fp = fopen(path, "w");
+    if (!fp) {
+        fprintf(stderr, "warning: cannot write %s\n", path);
+        return;
+    }
+    time_t now = time(NULL);
+    struct tm tmv;
+    gmtime_r(&now, &tmv);
+    char ts[64];
+    strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tmv);
+    config_to_json(&m->cfg, cfgjs, sizeof cfgjs);
+    fprintf(fp, "{\"name\": ");
+    json_str(fp, o->name);
+    fprintf(fp, ", \"created\": \"%s\", \"backend\": \"cpu\", \"precision\": \"fp32\",\n \"config\": %s,\n", ts, cfgjs);
+    fprintf(fp, " \"train\": {\"batch_size\": %d, \"seq_len\": %d, \"grad_accum\": %d, \"lr\": %g, \"min_lr\": %g, "
+                "\"warmup_steps\": %d, \"max_steps\": %d, \"weight_decay\": %g, \"grad_clip\": %g, \"seed\": %llu, "
+                "\"train_data\": ",
+            o->batch_size, o->seq_len, o->grad_accum, o->lr, o->min_lr, o->warmup_steps, o->max_steps, o->weight_decay,
+            o->grad_clip, (unsigned long long)o->seed);
+    json_str(fp, o->train_data);
+    fprintf(fp, ", \"val_data\": ");
+    json_str(fp, o->val_data);
+    fprintf(fp, "},\n \"domains\": [");
+    for (int d = 0; d < dataloader_n_domains(dl); d++) {
+        if (d) fprintf(fp, ", ");
+        json_str(fp, dataloader_domain_name(dl, d));
+    }
+    fprintf(fp, "],\n");
+    if (o->init_from[0]) {
+        ModelConfig pc;
+        CkptTrainState st;
+        MoeErr err;
+        long long pstep = -1;
+        char prun[64] = "";
+        if (ckpt_read_header(o->init_from, &pc, &st, &err) == 0) {
+            pstep = st.step;
+            snprintf(prun, sizeof prun, "%s", st.run_name);
+        }
+        fprintf(fp, " \"parent\": {\"checkpoint\": ");
+        json_str(fp, o->init_from);
+        fprintf(fp, ", \"run\": ");
+        json_str(fp, prun);
+        fprintf(fp, ", \"step\": %lld, \"keep_optimizer\": %s, \"overrides\": %s},\n", pstep,
+                o->keep_optimizer ? "true" : "false", o->overrides_json[0] ? o->overrides_json : "{}");
+    }
+    fprintf(fp, " \"moe_layers\": [");
+    for (int i = 0; i < m->n_moe; i++) fprintf(fp, "%s%d", i ? ", " : "", m->moe_block[i]);
+    fprintf(fp, "]}\n");
+    fclose(fp);
+}
+
+static void fill_state(CkptTrainState *st, const TrainOpts *o, int64_t step, int64_t tokens, uint64_t rng,
+                       float best_val, int bad_steps, DataLoader *train) {
+    memset(st, 0, sizeof(*st));
+    st->step = step;
+    st->tokens_seen = tokens;
+    st->rng_state = rng;
+    st->best_val_loss = best_val;
+    st->loss_scale = 1.0f;
+    st->precision = 0;
+    st->bad_steps = bad_steps;
+    dataloader_get_state(train, &st->train_loader);
+    st->batch_size = o->batch_size;
+    st->seq_len = o->seq_len;
+    st->grad_accum = o->grad_accum;
+    st->warmup_steps = o->warmup_steps;
+    st->max_steps = o->max_steps;
+    st->lr = o->lr;
+    st->min_lr = o->min_lr;
+    st->weight_decay = o->weight_decay;
+    st->grad_clip = o->grad_clip;
+    st->beta1 = o->beta1;
+    st->beta2 = o->beta2;
+    st->seed = o->seed;
+    snprintf(st->run_name, sizeof st->run_name, "%.63s", o->name);
+}
+
+static int save_checkpoint(const TrainOpts *o, const char *ckpt_dir, const Model *m, const CkptTrainState *st, int is_best) {
+    MoeErr err;
+    double t0 = wall_seconds();
+    if (ckpt_save_in_dir(ckpt_dir, m, st, o->keep_ckpts, is_best, &err) != 0) {
+        fprintf(stderr, "error: saving a checkpoint failed: %s\n", err.msg);
+        return -1;
+    }
+    printf("saved checkpoint %s/step_%08lld.ckpt (%.1f s)\n", ckpt_dir, (long long)st->step, wall_seconds() - t0);
+    return 0;
+}
+
+static void print_sample(Model *m, Tokenizer *tok, const TrainOpts *o, uint64_t *rng) {
+    int bos = tok ? tokenizer_bos_id(tok) : -1;
+    if (bos < 0 || bos >= m->cfg.vocab_size) bos = 0;
+    int len = o->sample_len;
+    if (len > m->cfg.max_seq_len - 1) len = m->cfg.max_seq_len - 1;
+    if (len <= 0) return;
+    Generator g;
+    MoeErr err;
+    if (gen_init(&g, m, len + 1, &err) != 0) {
+        fprintf(stderr, "warning: sample: %s\n", err.msg);
+        return;
+    }
+    int *ids = (int *)mallocCheck(sizeof(int) * (size_t)len);
+    SampleOpts so = {o->sample_temperature, o->sample_top_k, 1.0f};
+    int n = gen_generate(&g, &bos, 1, len, &so, rng_next_u64(rng), ids, NULL, NULL, &err);
+    if (n < 0) {
+        fprintf(stderr, "warning: sample: %s\n", err.msg);
+        n = 0;
+    }
+    printf("---- sample (temperature %g, top-k %d) ----\n", o->sample_temperature, o->sample_top_k);
+    if (tok) {
+        int32_t *ids32 = (int32_t *)mallocCheck(sizeof(int32_t) * (size_t)(n + 1));
+        for (int i = 0; i < n; i++) ids32[i] = ids[i];
+        char *text = NULL;
+        size_t tlen = 0;
+        if (tokenizer_decode(tok, ids32, (size_t)n, 1, &text, &tlen, &err) == 0) {
+            fwrite(text, 1, tlen, stdout);
+            free(text);
+        }
+        free(ids32);
+    } else {
+        for (int i = 0; i < n; i++) printf("%d ", ids[i]);
+    }
+    printf("\n-------------------------------------------\n");
+    fflush(stdout);
+    free(ids);
+    gen_free(&g);
+}
+
+int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
+    MoeErr err;
+    // device
+    if (!strcmp(o->device, "cuda")) {
+        fprintf(stderr, "error: --device cuda: this build has no CUDA training backend yet; use --device cpu\n");
+        return 1;
+    }
+    printf("device: CPU (fp32 reference, %d OpenMP threads)%s\n", omp_get_max_threads(),
+           !strcmp(o->device, "auto") ? " - no CUDA training backend in this build" : "");
+    if (strcmp(o->precision, "fp32") != 0) {
+        fprintf(stderr, "error: --precision %s needs the CUDA backend; the CPU reference trains in fp32\n", o->precision);
+        return 1;
+    }
+    // data
+    DataLoader *train = NULL, *val = NULL;
+    if (dataloader_open(&train, o->train_data, o->batch_size, o->seq_len, o->seed, 1, &err) != 0) {
+        fprintf(stderr, "error: training data: %s\n", err.msg);
+        if (strstr(o->train_data, "data/cache/")) fprintf(stderr, "hint: run `make data` first (or `make train`, which does it)\n");
+        return 1;
+    }
+    if (o->val_data[0]) {
+        if (dataloader_open(&val, o->val_data, o->batch_size, o->seq_len, 0, 0, &err) != 0) {
+            fprintf(stderr, "error: validation data: %s\n", err.msg);
+            dataloader_free(train);
+            return 1;
+        }
+    }
+    int data_vocab = dataloader_vocab_size(train);
+    if (val && dataloader_vocab_size(val) > data_vocab) data_vocab = dataloader_vocab_size(val);
+    if (o->cfg.vocab_size == 0) o->cfg.vocab_size = data_vocab;
+    if (o->cfg.vocab_size < data_vocab) {
+        fprintf(stderr, "error: the model's vocab_size %d is smaller than the data's vocabulary %d (%s)\n",
+                o->cfg.vocab_size, data_vocab, o->train_data);
+        dataloader_free(train);
+        dataloader_free(val);
+        return 1;
+    }
+    // model
+    Model m;
+    if (model_init(&m, &o->cfg, o->batch_size, o->seq_len, o->seed, &err) != 0) {
+        fprintf(stderr, "error: %s\n", err.msg);
+        dataloader_free(train);
+        dataloader_free(val);
+        return 1;
+    }
+    int64_t step = 0, tokens_seen = 0;
+    uint64_t rng = rng_seed(o->seed ^ 0x5A17ULL);
+    float best_val = INFINITY;
+    int bad_steps = 0;
+    char ckpt_dir[2048], run_dir[2048], path[2200];
+    snprintf(ckpt_dir, sizeof ckpt_dir, "%s/%s", o->ckpt_dir, o->name);
+    snprintf(run_dir, sizeof run_dir, "%s/%s", o->runs_dir, o->name);
+    if (o->resume[0]) {
+        CkptTrainState st;
+        if (ckpt_load(o->resume, &m, &st, 1, &err) != 0 || dataloader_set_state(train, &st.train_loader, &err) != 0) {
+            fprintf(stderr, "error: %s\n", err.msg);
+            model_free(&m);
+            dataloader_free(train);
+            dataloader_free(val);
+            return 1;
+        }
+        step = st.step;
+        tokens_seen = st.tokens_seen;
+        rng = st.rng_state;
+        best_val = st.best_val_loss;
+        bad_steps = st.bad_steps;
+        printf("resumed from %s at step %lld\n", o->resume, (long long)step);
+        static const char *logs[] = {"train.jsonl", "routing.jsonl", "events.jsonl", "domains.jsonl", "coact.jsonl"};
+        for (int i = 0; i < 5; i++) {
+            snprintf(path, sizeof path, "%s/%s", run_dir, logs[i]);
+            truncate_jsonl(path, step);
+        }
+        snprintf(path, sizeof path, "%s/FINISHED", run_dir);
+        unlink(path);
+    } else {
+        if (dir_exists_(run_dir) || dir_exists_(ckpt_dir)) {
+            if (!o->overwrite) {
+                fprintf(stderr, "error: run '%s' already exists (%s); continue it with --resume %s (make train RESUME=1), "
+                                "or start another with --name NAME, or --overwrite\n", o->name, run_dir, o->name);
+                model_free(&m);
+                dataloader_free(train);
+                dataloader_free(val);
+                return 1;
+            }
+            static const char *logs[] = {"train.jsonl", "routing.jsonl", "events.jsonl", "domains.jsonl", "coact.jsonl", "FINISHED"};
+            for (int i = 0; i < 6; i++) {
+                snprintf(path, sizeof path, "%s/%s", run_dir, logs[i]);
+                unlink(path);
+            }
+        }
+        if (o->init_from[0]) {
+            CkptTrainState st;
+            if (ckpt_load(o->init_from, &m, &st, o->keep_optimizer, &err) != 0) {
+                fprintf(stderr, "error: %s\n", err.msg);
+                model_free(&m);
+                dataloader_free(train);
+                dataloader_free(val);
+                return 1;
+            }
+            printf("initialised from %s (step %lld of run '%s'), optimizer state %s\n", o->init_from,
+                   (long long)st.step, st.run_name, o->keep_optimizer ? "kept" : "reset");
+        }
+    }
+    if (make_dirs(run_dir, &err) != 0 || make_dirs(ckpt_dir, &err) != 0) {
+        fprintf(stderr, "error: %s\n", err.msg);
+        return 1;
+    }
+    write_run_json(run_dir, o, &m, val ? val : train);
+    config_print(&m.cfg, stdout);
+    printf("parameters: %.2f M total, %.2f M active per token | batch %d x %d x %d accum = %d tokens/step\n",
+           (double)m.num_params / 1e6, active_params(&m.cfg) / 1e6, o->batch_size, o->seq_len, o->grad_accum,
+           o->batch_size * o->seq_len * o->grad_accum);
+    printf("logs: %s/ | checkpoints: %s/ | stop with Ctrl-C (saves), resume with: ./build/train --resume %s\n", run_dir,
+           ckpt_dir, o->name);
+    fflush(stdout);
+    Tokenizer *tok = NULL;
+    if (o->sample_every > 0 && o->tokenizer[0] && file_exists(o->tokenizer)) {
+        tok = tokenizer_load(o->tokenizer, &err);
+        if (!tok) fprintf(stderr, "warning: samples will print token ids: %s\n", err.msg);
+    }
+    // logs
+    snprintf(path, sizeof path, "%s/train.jsonl", run_dir);
+    FILE *ftrain = fopenCheck(path, "a");
+    snprintf(path, sizeof path, "%s/routing.jsonl", run_dir);
+    FILE *frout = fopenCheck(path, "a");
+    snprintf(path, sizeof path, "%s/events.jsonl", run_dir);
+    FILE *fevents = fopenCheck(path, "a");
+    CollapseParams cp;
+    collapse_params_default(&cp);
+    CollapseDetector det;
+    int have_det = m.n_moe > 0 && collapse_init(&det, m.n_moe, m.cfg.n_routed_experts, m.cfg.top_k, &cp, &err) == 0;
+    int B = o->batch_size, T = o->seq_len, N = B * T;
+    int *inputs = (int *)mallocCheck(sizeof(int) * (size_t)N);
+    int *targets = (int *)mallocCheck(sizeof(int) * (size_t)N);
+    int *domains = (int *)mallocCheck(sizeof(int) * (size_t)B);
+    EvalStats es;
+    memset(&es, 0, sizeof es);
+    if (val && m.n_moe > 0) {
+        es.D = dataloader_n_domains(val) > 0 ? dataloader_n_domains(val) : 1;
+        es.E = m.cfg.n_routed_experts;
+        es.nm = m.n_moe;
+        es.dom_counts = (double *)callocCheck((size_t)es.nm * es.D * es.E, sizeof(double));
+        es.dom_tokens = (double *)callocCheck((size_t)es.D, sizeof(double));
+        es.within = (double *)callocCheck((size_t)es.nm * es.E * es.E, sizeof(double));
+        es.across = (double *)callocCheck((size_t)es.nm * es.E * es.E, sizeof(double));
+    }
+    int rc = 0;
+    double flops_per_token = model_flops_per_token(&m.cfg, T);
+    int64_t start_step = step;
+    double t_report = 0.0;
+    while (step < o->max_steps && !*stop) {
+        double t0 = wall_seconds();
+        model_zero_grad(&m);
+        routing_stats_reset(&m);
+        m.grad_scale = 1.0f / (float)o->grad_accum;
+        double loss = 0.0, ce = 0.0, aux = 0.0, mtp = 0.0;
+        int finite = 1;
+        for (int micro = 0; micro < o->grad_accum; micro++) {
+            dataloader_next(train, inputs, targets, domains);
+            float l = model_forward(&m, inputs, targets, B, T, 1);
+            if (!isfinite(l)) {
+                finite = 0;
+                break;
+            }
+            model_backward(&m);
+            loss += l / o->grad_accum;
+            ce += m.ce_loss / o->grad_accum;
+            aux += m.aux_loss / o->grad_accum;
+            mtp += m.mtp_loss / o->grad_accum;
+        }
+        float norm = finite ? model_grad_norm(&m) : NAN;
+        if (!finite || !isfinite(norm)) {
+            bad_steps++;
+            fprintf(stderr, "warning: step %lld: %s is not finite; the step is skipped (parameters unchanged) [%d in a row]\n",
+                    (long long)step + 1, finite ? "the gradient norm" : "the loss", bad_steps);
+            fprintf(ftrain, "{\"step\": %lld, \"skipped\": true}\n", (long long)step + 1);
+            fflush(ftrain);
+            if (bad_steps >= o->max_bad_steps) {
+                fprintf(stderr, "error: %d non-finite steps in a row: stopping. Lower the learning rate (--lr) or resume from "
+                                "the last checkpoint in %s\n", bad_steps, ckpt_dir);
+                rc = 1;
+                break;
+            }
+            continue;
+        }
+        bad_steps = 0;
+        float lr = lm_lr_schedule((int)step, o->warmup_steps, o->max_steps, o->lr, o->min_lr);
+        float clip = (o->grad_clip > 0 && norm > o->grad_clip) ? o->grad_clip / norm : 1.0f;
+        model_adamw(&m, lr, o->beta1, o->beta2, 1e-8f, o->weight_decay, clip, (int)step + 1);
+        model_update_bias(&m);
+        step++;
+        tokens_seen += (int64_t)N * o->grad_accum;
+        double dt = wall_seconds() - t0;
+        double tps = (double)N * o->grad_accum / dt;
+        // logs
+        fprintf(ftrain, "{\"step\": %lld, \"loss\": ", (long long)step);
+        jnum(ftrain, loss);
+        fprintf(ftrain, ", \"ce\": ");
+        jnum(ftrain, ce);
+        fprintf(ftrain, ", \"aux_loss\": ");
+        jnum(ftrain, aux);
+        if (m.cfg.mtp_depth) {
+            fprintf(ftrain, ", \"mtp_loss\": ");
+            jnum(ftrain, mtp);
+        }
+        fprintf(ftrain, ", \"lr\": %.7g, \"grad_norm\": ", lr);
+        jnum(ftrain, norm);
+        fprintf(ftrain, ", \"tokens_per_s\": %.1f, \"ms\": %.1f, \"tokens\": %lld, \"mem_mb\": ", tps, dt * 1e3,
+                (long long)tokens_seen);
+        jnum(ftrain, rss_mb());
+        fprintf(ftrain, ", \"gflops\": %.2f}\n", tps * flops_per_token / 1e9);
+        fflush(ftrain);
+        double mean_vio = 0.0, min_ent = INFINITY;
+        if (m.n_moe > 0) {
+            log_routing(frout, &m, step);
+            for (int i = 0; i < m.n_moe; i++) {
+                LayerSummary r = summarize(&m, &m.stats[i]);
+                mean_vio += r.maxvio / m.n_moe;
+                min_ent = r.entropy < min_ent ? r.entropy : min_ent;
+                if (have_det) {
+                    float loadf[1024];
+                    for (int e = 0; e < m.cfg.n_routed_experts; e++) loadf[e] = (float)m.stats[i].load[e];
+                    CollapseEvent ev;
+                    if (collapse_update(&det, step, i, m.stats[i].layer, loadf, (float)r.entropy, &ev)) {
+                        char line[512];
+                        collapse_event_json(&ev, line, sizeof line);
+                        fputs(line, fevents);
+                        fflush(fevents);
+                        collapse_event_text(&ev, line, sizeof line);
+                        fprintf(stderr, "%s\n", line);
+                    }
+                }
+            }
+        }
+        if (o->log_every > 0 && (step % o->log_every == 0 || step == 1)) {
+            printf("step %5lld/%d | loss %.4f | lr %.2e | norm %6.3f | %7.0f tok/s | %5.1f GFLOP/s", (long long)step,
+                   o->max_steps, loss, lr, norm, tps, tps * flops_per_token / 1e9);
+            if (m.n_moe > 0)
+                printf(" | maxvio %.3f | min H %.3f/%.3f", mean_vio, min_ent, log((double)m.cfg.n_routed_experts));
+            printf("\n");
+            fflush(stdout);
+        }
+        int last = step == o->max_steps || *stop;
+        int is_best = 0;
+        if (val && o->val_every > 0 && (step % o->val_every == 0 || last)) {
+            if (es.dom_counts) {
+                memset(es.dom_counts, 0, sizeof(double) * (size_t)es.nm * es.D * es.E);
+                memset(es.dom_tokens, 0, sizeof(double) * (size_t)es.D);
+                memset(es.within, 0, sizeof(double) * (size_t)es.nm * es.E * es.E);
+                memset(es.across, 0, sizeof(double) * (size_t)es.nm * es.E * es.E);
+                es.tokens = 0;
+            }
+            float vl = evaluate(&m, val, o->val_batches, B, T, inputs, targets, domains, es.dom_counts ? &es : NULL);
+            printf("step %5lld | val loss %.4f\n", (long long)step, vl);
+            fprintf(ftrain, "{\"step\": %lld, \"val_loss\": ", (long long)step);
+            jnum(ftrain, vl);
+            fprintf(ftrain, "}\n");
+            fflush(ftrain);
+            if (es.dom_counts) write_eval_logs(run_dir, &m, &es, val, step);
+            if (vl < best_val) {
+                best_val = vl;
+                is_best = 1;
+            }
+        }
+        if (o->sample_every > 0 && step % o->sample_every == 0) print_sample(&m, tok, o, &rng);
+        if ((o->ckpt_every > 0 && step % o->ckpt_every == 0) || last || is_best) {
+            CkptTrainState st;
+            fill_state(&st, o, step, tokens_seen, rng, best_val, bad_steps, train);
+            if (save_checkpoint(o, ckpt_dir, &m, &st, is_best) != 0) {
+                rc = 1;
+                break;
+            }
+        }
+        if (o->report_every > 0 && step % o->report_every == 0 && !last) {
+            double tr = wall_seconds();
+            if (report_write(run_dir, &err) != 0) fprintf(stderr, "warning: report: %s\n", err.msg);
+            t_report += wall_seconds() - tr;
+        }
+    }
+    if (*stop && rc == 0) printf("stopped by signal at step %lld (checkpoint saved)\n", (long long)step);
+    if (step == start_step && rc == 0 && !*stop) printf("nothing to do: the run is at step %lld of %d\n", (long long)step, o->max_steps);
+    fclose(ftrain);
+    fclose(frout);
+    fclose(fevents);
+    if (report_write(run_dir, &err) != 0) fprintf(stderr, "warning: report: %s\n", err.msg);
+    else printf("report: %s/report.html\n", run_dir);
+    if (step >= o->max_steps && rc == 0) {
+        snprintf(path, sizeof path, "%s/FINISHED", run_dir);
+        write_file_atomic(path, "", 0, &err);
+    }
+    if (t_report > 0) printf("time spent refreshing reports: %.1f s\n", t_report);
+    if (rc == 0 && step < o->max_steps)
+        printf("to continue: ./build/train --resume %s   (or: make train RESUME=1 NAME=%s)\n", o->name, o->name);
+    else if (rc == 0)
+        printf("done. To train longer: ./build/train --resume %s --max-steps %d\n", o->name, o->max_steps * 2);
+    if (have_det) collapse_free(&det);
+    free(es.dom_counts);
+    free(es.dom_tokens);
+    free(es.within);
+    free(es.across);
+    free(inputs);
+    free(targets);
+    free(domains);
+    if (tok) tokenizer_free(tok);
+    model_free(&m);
+    dataloader_free(train);
+    dataloader_free(val);
+    return rc;
+}
