@@ -223,6 +223,8 @@ static const char *const GCIDE_CODES[][2] = {
     {"[deg]", "°"},   {"[frac12]", "½"}, {"[frac14]", "¼"}, {"[frac34]", "¾"}, {"[frac13]", "⅓"}, {"[frac23]", "⅔"},
     {"[root]", "√"},  {"[times]", "×"}, {"[divide]", "÷"}, {"[pound]", "£"}, {"[cent]", "¢"},  {"[dagger]", "†"},
     {"[para]", "¶"},  {"[mdash]", "—"}, {"[ndash]", "–"}, {"[prime]", "′"}, {"[dprime]", "″"}, {"[alpha]", "α"},
+    {"[imac]", "ī"},  {"[\"a]", "ä"},   {"[\"e]", "ë"},   {"[\"i]", "ï"},   {"[\"o]", "ö"},   {"[\"u]", "ü"},
+    {"[-a]", "ā"},    {"[-e]", "ē"},    {"[-i]", "ī"},    {"[-o]", "ō"},    {"[-u]", "ū"},    {"[=ae]", "ǣ"},
     {"[beta]", "β"},  {"[gamma]", "γ"}, {"[delta]", "δ"}, {"[pi]", "π"},    {"[mu]", "μ"},    {"[omega]", "ω"},
 };
 
@@ -320,7 +322,6 @@ size_t dict_normalize(char *text, size_t n, int style) {
     // pass 1: per line (headword, source tag lines, character codes) into `a`
     Buf a = {0};
     size_t i = 0;
-    int line_idx = 0;
     while (i < n) {
         size_t j = i;
         while (j < n && text[j] != '\n') j++;
@@ -334,7 +335,7 @@ size_t dict_normalize(char *text, size_t n, int style) {
         if (style == DICT_GCIDE && starts_with_source_tag(line + k, len - k)) drop = 1;
         if (!drop) {
             Buf l = {0};
-            if (style == DICT_GCIDE && line_idx == 0)
+            if (style == DICT_GCIDE && k == 0)  // headword lines start at column 0, the body is indented
                 gcide_headword(&l, line, len);
             else
                 buf_put(&l, line, len);
@@ -356,7 +357,6 @@ size_t dict_normalize(char *text, size_t n, int style) {
             free(l.p);
             buf_putc(&a, '\n');
         }
-        line_idx++;
         i = j + 1;
     }
     // pass 2: lines with their indentation
@@ -386,8 +386,8 @@ size_t dict_normalize(char *text, size_t n, int style) {
         nl++;
         i = j + 1;
     }
-    // pass 3: reflow paragraphs into `b`: the paragraph's indentation (the smallest of its
-    // lines after the entry's first line) is removed, wrapped lines are joined
+    // pass 3: reflow paragraphs into `b`: the paragraph's indentation is removed, wrapped
+    // lines are joined
     Buf b = {0};
     int base = 0, hang = -1, prev_indent = -1, prev_open = 0;
     size_t prev_len = 0;
@@ -402,8 +402,9 @@ size_t dict_normalize(char *text, size_t n, int style) {
         }
         if (!in_para) {
             base = 1 << 30;
-            for (size_t q = li; q < nl && lines[q].len > 0; q++)
-                if (q > 0 && lines[q].indent < base) base = lines[q].indent;
+            // a paragraph that starts with a headword at column 0: the indentation of its body
+            for (size_t q = (indent == 0 ? li + 1 : li); q < nl && lines[q].len > 0; q++)
+                if (lines[q].indent < base) base = lines[q].indent;
             if (base == 1 << 30) base = indent;
             if (b.n > 0) buf_put(&b, "\n\n", 2);
             for (int s2 = base; s2 < indent; s2++) buf_putc(&b, ' ');
@@ -530,7 +531,8 @@ int corpus_read_dictd(Corpus *c, int domain, const char *dict, const char *index
             break;
         }
         size_t hw = (size_t)(t1 - line);
-        if (hw >= 11 && (memcmp(line, "00-database", 11) == 0 || memcmp(line, "00database", 10) == 0)) continue;
+        if ((hw >= 3 && memcmp(line, "00-", 3) == 0) || (hw >= 10 && memcmp(line, "00database", 10) == 0))
+            continue;  // database information, not an entry
         const char *end = line + len;
         const char *t3 = memchr(t2 + 1, '\t', (size_t)(end - t2 - 1));  // optional 4th column
         if (t3) end = t3;
