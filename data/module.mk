@@ -9,3 +9,17 @@ test_data_MODS := data common
 TEST_PROGS += test_data_corpus
 test_data_corpus_SRCS := tests/test_data_corpus.c
 test_data_corpus_MODS := data common
+
+PROGRAMS += prepare
+prepare_SRCS := data/prepare.c
+prepare_MODS := data tokenizer common
+
+# `make data`: the built-in five-domain corpus (bible, gcide, jargon, foldoc, code) into
+# data/cache/default/{train_000.bin,val_000.bin,tokenizer.json,meta.json}. The Debian
+# packages are installed on demand. Cached: nothing happens while meta.json exists (prepare
+# writes it last); delete the folder to rebuild.
+DATA_CACHE := data/cache/default
+data: $(DATA_CACHE)/meta.json
+$(DATA_CACHE)/meta.json: | $(BUILD)/prepare
+	@bash scripts/install_deps.sh bible-kjv dict-gcide dict-jargon dict-foldoc
+	$(BUILD)/prepare --builtin --name default --out $(DATA_CACHE)
