@@ -134,7 +134,7 @@ static int axis_ticks(double lo, double hi, int logscale, int target, double *ou
         for (int m = 1; m <= 9 && n < max; m++) {
             double v = (double)m * pow(10.0, k);
             if (v < lo * (1 - 1e-9) || v > hi * (1 + 1e-9)) continue;
-            int is_major = (m == 1 && (k - k0) % every == 0) || (decades <= 1 && (m == 2 || m == 5));
+            int is_major = (m == 1 && (k - k0) % every == 0) || (decades <= 2 && (m == 2 || m == 5));
             if (m > 1 && decades > 4) continue;  // no minor ticks on long log axes
             major[n] = is_major;
             out[n++] = v;
@@ -150,7 +150,7 @@ void axes_draw(const Axes *ax, const char *title, const char *xlabel, const char
     double step;
     char buf[64];
     // y grid and ticks
-    int ny = axis_ticks(ax->ymin, ax->ymax, ax->ylog, ((ax->y1 - ax->y0) / 55) + 1, t, 64, &step, major);
+    int ny = ax->no_yticks ? 0 : axis_ticks(ax->ymin, ax->ymax, ax->ylog, ((ax->y1 - ax->y0) / 55) + 1, t, 64, &step, major);
     for (int i = 0; i < ny; i++) {
         float py = (float)axes_px_y(ax, t[i]);
         Rgb g = major[i] ? RGB_GRID : (Rgb){242, 242, 242};
@@ -164,7 +164,7 @@ void axes_draw(const Axes *ax, const char *title, const char *xlabel, const char
         canvas_text(cv, (float)ax->x0 - 8, py, buf, FONT_TICK, RGB_TEXT, TEXT_RIGHT, TEXT_MIDDLE, 0);
     }
     // x grid and ticks
-    int nx = axis_ticks(ax->xmin, ax->xmax, ax->xlog, ((ax->x1 - ax->x0) / 90) + 1, t, 64, &step, major);
+    int nx = ax->no_xticks ? 0 : axis_ticks(ax->xmin, ax->xmax, ax->xlog, ((ax->x1 - ax->x0) / 90) + 1, t, 64, &step, major);
     for (int i = 0; i < nx; i++) {
         float px = (float)axes_px_x(ax, t[i]);
         canvas_line(cv, px, (float)ax->y0, px, (float)ax->y1, major[i] ? RGB_GRID : (Rgb){242, 242, 242}, 1.0f);
@@ -417,7 +417,7 @@ void colorbar_draw(Canvas *cv, int x, int y0, int w, int y1, double vmin, double
     ax.ymax = vmax;
     double t[64], step;
     int major[64];
-    int n = axis_ticks(vmin, vmax, logscale, H / 45 + 1, t, 64, &step, major);
+    int n = axis_ticks(vmin, vmax, logscale, H / 80 + 1, t, 64, &step, major);
     for (int i = 0; i < n; i++) {
         if (!major[i]) continue;
         float py = (float)axes_px_y(&ax, t[i]);

@@ -12,6 +12,7 @@ typedef struct {
     int x0, y0, x1, y1;  // plot area in pixels: [x0, x1) x [y0, y1)
     double xmin, xmax, ymin, ymax;
     int xlog, ylog;  // log10 axes (limits must be > 0)
+    int no_xticks, no_yticks;  // axes_draw leaves out that axis' grid and tick labels
 } Axes;
 
 // Plot area inside the box (bx, by, bw, bh) leaving room for title, tick labels and axis labels.
