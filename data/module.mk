@@ -23,3 +23,5 @@ data: $(DATA_CACHE)/meta.json
 $(DATA_CACHE)/meta.json: | $(BUILD)/prepare
 	@bash scripts/install_deps.sh bible-kjv dict-gcide dict-jargon dict-foldoc
 	$(BUILD)/prepare --builtin --name default --out $(DATA_CACHE)
+
+SHELL_TESTS += tests/test_prepare.sh

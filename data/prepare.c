@@ -44,6 +44,7 @@ typedef struct {
     int threads;
     int verify;
     int quiet;
+    int inspect;  // argv index of the first --inspect file, 0: none
 } Args;
 
 static void usage(FILE *f) {
@@ -90,6 +91,7 @@ static void usage(FILE *f) {
             "\n"
             "  --threads N             encoding threads (0: OpenMP default)  [0]\n"
             "  --no-verify             skip the check that every document decodes back to its exact bytes  [verify]\n"
+            "  --inspect FILE...       only validate and describe existing shards (header, domains, tokens)\n"
             "  -q                      quiet: errors only\n"
             "  -h, --help              this help\n",
             MAX_INPUTS);
@@ -230,6 +232,11 @@ static void parse_args(int argc, char **argv, Args *a) {
         } else if (!strcmp(flag, "--no-verify")) {
             NOVAL();
             a->verify = 0;
+        } else if (!strcmp(flag, "--inspect")) {
+            NOVAL();
+            if (i + 1 >= argc) die("--inspect needs at least one shard file");
+            a->inspect = i + 1;
+            return;
         } else if (!strcmp(flag, "-q")) {
             a->quiet = 1;
         } else {
@@ -406,9 +413,40 @@ static int write_split(const Split *s, const char *out, const char *prefix, int6
     return 0;
 }
 
+// --inspect: validate shards and print what they hold; 0 when all are good
+static int inspect(int argc, char **argv, int first) {
+    int bad = 0;
+    for (int i = first; i < argc; i++) {
+        Shard s;
+        MoeErr err;
+        if (shard_open(&s, argv[i], &err)) {
+            fprintf(stderr, "error: %s\n", err.msg);
+            bad = 1;
+            continue;
+        }
+        printf("%s: %lld tokens (%d-byte ids, vocab %d), %lld documents, %d domains\n", s.path, (long long)s.n_tokens,
+               s.token_bytes, s.vocab_size, (long long)s.n_docs, s.n_domains);
+        int64_t *tok = (int64_t *)callocCheck((size_t)(s.n_domains ? s.n_domains : 1), sizeof(int64_t));
+        int64_t *docs = (int64_t *)callocCheck((size_t)(s.n_domains ? s.n_domains : 1), sizeof(int64_t));
+        for (int64_t d = 0; d < s.n_docs; d++) {
+            int64_t end = d + 1 < s.n_docs ? s.doc_start[d + 1] : s.n_tokens;
+            tok[s.doc_domain[d]] += end - s.doc_start[d];
+            docs[s.doc_domain[d]]++;
+        }
+        for (int d = 0; d < s.n_domains; d++)
+            printf("  domain %d %-12s %10lld tokens %8lld documents\n", d, s.domain_names[d], (long long)tok[d],
+                   (long long)docs[d]);
+        free(tok);
+        free(docs);
+        shard_close(&s);
+    }
+    return bad;
+}
+
 int main(int argc, char **argv) {
     Args a;
     parse_args(argc, argv, &a);
+    if (a.inspect) return inspect(argc, argv, a.inspect);
     double t_start = wall_seconds();
     if (a.threads > 0) omp_set_num_threads(a.threads);
     char out[4096];
