@@ -1,0 +1,86 @@
+// Shared by every .cu file of the CUDA backend: error checks, the ONE launch macro, shared
+// memory declarations, warp/block reductions. The same sources build with nvcc (real GPU)
+// and with g++ under the CUDA-on-CPU harness (tests/cuda_harness/cuda_harness.h, which then
+// is force-included first and defines MOE_CUDA_HARNESS).
+#ifndef MOE_CUDA_COMMON_CUH
+#define MOE_CUDA_COMMON_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <float.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "../layer_math.h"
+
+// ---- errors ------------------------------------------------------------------------------
+static inline void cuda_check_(cudaError_t e, const char *file, int line) {
+    if (e != cudaSuccess) {
+        fprintf(stderr, "error: CUDA: %s at %s:%d\n", cudaGetErrorString(e), file, line);
+        exit(EXIT_FAILURE);
+    }
+}
+#define cudaCheck(call) cuda_check_((call), __FILE__, __LINE__)
+
+// ---- launch --------------------------------------------------------------------------------
+// LAUNCH(kernel, grid, block, smem, stream, args...): kernel<<<grid, block, smem, stream>>>(args)
+// under nvcc; the harness scheduler under g++ (arguments are captured by value).
+#if defined(MOE_CUDA_HARNESS)
+#define LAUNCH(kernel, grid, block, smem, stream, ...)                                                       \
+    do {                                                                                                     \
+        (void)(stream);                                                                                      \
+        moe_hx_launch(#kernel, __FILE__, __LINE__, dim3(grid), dim3(block), (size_t)(smem),                  \
+                      [=]() { kernel(__VA_ARGS__); });                                                       \
+    } while (0)
+#else
+#define LAUNCH(kernel, grid, block, smem, stream, ...)            \
+    do {                                                          \
+        kernel<<<(grid), (block), (smem), (stream)>>>(__VA_ARGS__); \
+        cudaCheck(cudaGetLastError());                            \
+    } while (0)
+#endif
+
+// ---- shared memory ---------------------------------------------------------------------------
+// Declare shared memory only through these (raw __shared__ is a compile error under the harness,
+// which gives every block fresh, poisoned shared memory instead).
+#if !defined(MOE_CUDA_HARNESS)
+#define SHARED_ARRAY(type, name, n) __shared__ type name[n]
+#define SHARED_ARRAY2(type, name, n0, n1) __shared__ type name[n0][n1]
+#define DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
+
+// ---- helpers ----------------------------------------------------------------------------------
+static inline int ceil_div(long a, long b) { return (int)((a + b - 1) / b); }
+
+static __device__ inline float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+static __device__ inline float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+// Sum over the block (blockDim.x a multiple of 32, <= 1024); every thread gets the result.
+// scratch: 32 floats of shared memory; safe to call repeatedly (the trailing barrier).
+static __device__ inline float block_sum(float v, float *scratch) {
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
+    v = warp_sum(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float r = lane < nw ? scratch[lane] : 0.0f;
+    r = warp_sum(r);
+    __syncthreads();
+    return r;
+}
+static __device__ inline float block_max(float v, float *scratch) {
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
+    v = warp_max(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float r = lane < nw ? scratch[lane] : -FLT_MAX;
+    r = warp_max(r);
+    __syncthreads();
+    return r;
+}
+
+#endif

@@ -1,0 +1,83 @@
+# model/cuda: the CUDA backend (kernels in .cu files behind the C interface cuda_ops.h) and
+# its verification without a GPU:
+#   - the CUDA-on-CPU harness (tests/cuda_harness): every .cu file compiled by g++ as host
+#     C++ (-include tests/cuda_harness/cuda_harness.h) into $(BUILD)/cuh/, kernels run as
+#     fibers; test_cuda_harness (the harness itself) and test_cuda_kernels (each kernel
+#     against the CPU reference of model/layers.h and model/cpu/moe.c);
+#   - tests/test_cuda_nvcc.sh: every .cu file compiled by nvcc, warnings as errors (SKIP
+#     without nvcc), objects cached in $(BUILD)/nvcc;
+#   - make cuda: fat objects for all target architectures (needs nvcc);
+#   - make test-gpu: the kernel comparisons built with nvcc, run on a real GPU.
+
+CUDA_HOME ?= /usr/local/cuda
+NVCC ?= $(shell command -v nvcc 2>/dev/null || (test -x $(CUDA_HOME)/bin/nvcc && echo $(CUDA_HOME)/bin/nvcc))
+CUDA_ARCHS ?= 75 80 86 89 90
+CUDA_GENCODE := $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a))
+NVCC_FLAGS ?= -O3 -std=c++17 -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror,-fopenmp
+
+CUDA_SRCS := $(sort $(wildcard model/cuda/*.cu))
+HX_KERNEL_SRCS := tests/cuda_harness/harness_kernels.cu
+HAVE_CUDA_HEADERS := $(wildcard $(CUDA_HOME)/include/cuda_runtime.h)
+
+HX_CXXFLAGS := -x c++ -std=c++17 $(OPT) -Wall -Wextra -fopenmp -DMOE_CUDA_HARNESS \
+               -include tests/cuda_harness/cuda_harness.h -I$(CUDA_HOME)/include
+
+ifneq ($(HAVE_CUDA_HEADERS),)
+# .cu -> host object through the harness
+$(BUILD)/cuh/%.o: %.cu tests/cuda_harness/cuda_harness.h
+	@mkdir -p $(dir $@)
+	$(CXX) $(CPPFLAGS) $(HX_CXXFLAGS) -c $< -o $@
+
+$(BUILD)/cuh/tests/cuda_harness/harness.o: tests/cuda_harness/harness.cc tests/cuda_harness/cuda_harness.h
+	@mkdir -p $(dir $@)
+	$(CXX) $(CPPFLAGS) -std=c++17 $(OPT) -Wall -Wextra -fopenmp -DMOE_CUDA_HARNESS -I$(CUDA_HOME)/include -c $< -o $@
+
+# libcudahrt: the harness runtime; libcudahx: the backend's kernels as host code;
+# libcudahk: the harness's own test kernels
+$(BUILD)/lib/libcudahrt.a: $(BUILD)/cuh/tests/cuda_harness/harness.o
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+$(BUILD)/lib/libcudahx.a: $(CUDA_SRCS:%.cu=$(BUILD)/cuh/%.o)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+$(BUILD)/lib/libcudahk.a: $(HX_KERNEL_SRCS:%.cu=$(BUILD)/cuh/%.o)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+TEST_PROGS += test_cuda_harness
+test_cuda_harness_SRCS := tests/test_cuda_harness.c
+test_cuda_harness_MODS := cudahk cudahrt common
+$(BUILD)/tests/test_cuda_harness: LDLIBS += -lstdc++
+
+ifneq ($(wildcard tests/test_cuda_kernels.c),)
+TEST_PROGS += test_cuda_kernels
+test_cuda_kernels_SRCS := tests/test_cuda_kernels.c
+test_cuda_kernels_MODS := cudahx cudahrt model common
+$(BUILD)/tests/test_cuda_kernels: LDLIBS += -lstdc++
+endif
+else
+SHELL_TESTS += tests/test_cuda_skip.sh
+endif
+
+SHELL_TESTS += tests/test_cuda_nvcc.sh
+
+# ---- real CUDA builds (need nvcc) ----------------------------------------------------------
+.PHONY: cuda test-gpu
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublas
+
+$(BUILD)/nvcc-fat/%.o: %.cu
+	@test -n "$(NVCC)" || { echo "error: nvcc not found (set CUDA_HOME or NVCC)"; exit 1; }
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCC_FLAGS) $(CUDA_GENCODE) -I. -c $< -o $@
+
+# every .cu file as a fat object for sm_75 sm_80 sm_86 sm_89 sm_90
+cuda: $(CUDA_SRCS:%.cu=$(BUILD)/nvcc-fat/%.o)
+
+$(BUILD)/gpu/test_cuda_kernels: tests/test_cuda_kernels.c $(CUDA_SRCS:%.cu=$(BUILD)/nvcc-fat/%.o) \
+		$(BUILD)/lib/libmodel.a $(BUILD)/lib/libcommon.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -I$(CUDA_HOME)/include $(LDFLAGS) $^ $(CUDA_LIBS) $(LDLIBS) -lstdc++ -o $@
+
+# the kernel comparisons on a real GPU
+test-gpu: $(BUILD)/gpu/test_cuda_kernels
+	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} tests/run.sh $(BUILD) $(BUILD)/gpu/test_cuda_kernels --

@@ -1,0 +1,150 @@
+// Kernels that exercise the CUDA-on-CPU harness itself (tests/test_cuda_harness.c): warp
+// shuffles and votes, block reductions, shared memory poisoning, barrier errors, atomics.
+// Plain CUDA: compiles with nvcc as well (and runs the same checks on a real GPU, except the
+// error cases, which are undefined behaviour or hangs there).
+#include "../../model/cuda/cuda_common.cuh"
+#include "harness_kernels.h"
+
+// out[i] for 4 ops per thread: xor-sum, down-reduce, up-scan, width-8 broadcast of lane 3
+__global__ void shuffle_kernel(int *out, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    int lane = threadIdx.x % 32;
+    int v = lane + 1;
+    int x = v;
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    int d = v;
+    for (int o = 16; o > 0; o >>= 1) d += __shfl_down_sync(0xffffffffu, d, o);
+    int u = v;
+    for (int o = 1; o < 32; o <<= 1) {
+        int t = __shfl_up_sync(0xffffffffu, u, o);
+        if (lane >= o) u += t;
+    }
+    int b = __shfl_sync(0xffffffffu, v * 10, 3, 8);
+    float f = __shfl_xor_sync(0xffffffffu, (float)lane * 0.5f, 1);
+    if (i < n) {
+        out[5 * i + 0] = x;
+        out[5 * i + 1] = d;
+        out[5 * i + 2] = u;
+        out[5 * i + 3] = b;
+        out[5 * i + 4] = (int)(f * 2.0f);
+    }
+}
+
+// ballot over the lanes that exist: block of `blockDim.x` threads, last warp partial
+__global__ void ballot_kernel(unsigned *out) {
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    int nl = blockDim.x - warp * 32;
+    unsigned mask = nl >= 32 ? 0xffffffffu : ((1u << nl) - 1u);
+    unsigned b = __ballot_sync(mask, lane % 3 == 0);
+    int any = __any_sync(mask, lane == 2);
+    int all = __all_sync(mask, lane < 40);
+    if (lane == 0) {
+        out[3 * warp + 0] = b;
+        out[3 * warp + 1] = (unsigned)any;
+        out[3 * warp + 2] = (unsigned)all;
+    }
+}
+
+// per-block sums with block_sum (blockDim a multiple of 32)
+__global__ void block_sum_kernel(float *out, const float *in, int n) {
+    SHARED_ARRAY(float, scratch, 32);
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    float v = i < n ? in[i] : 0.0f;
+    float s = block_sum(v, scratch);
+    float m = block_max(v, scratch);
+    if (threadIdx.x == 0) {
+        out[2 * blockIdx.x] = s;
+        out[2 * blockIdx.x + 1] = m;
+    }
+}
+
+// BUG on purpose: reads shared memory that nobody wrote in this block
+__global__ void read_before_write_kernel(float *out) {
+    SHARED_ARRAY(float, buf, 64);
+    float old = buf[threadIdx.x];
+    buf[threadIdx.x] = (float)threadIdx.x;
+    out[blockIdx.x * blockDim.x + threadIdx.x] = old;
+}
+
+// neighbour exchange through shared memory, with or without the barrier between write and read
+__global__ void neighbour_kernel(float *out, int with_barrier) {
+    SHARED_ARRAY(float, buf, 256);
+    int t = threadIdx.x, n = blockDim.x;
+    buf[t] = (float)(t + blockIdx.x);
+    if (with_barrier) __syncthreads();
+    float a = buf[(t + 1) % n], b = buf[(t + n - 1) % n];
+    out[blockIdx.x * n + t] = a + b;
+}
+
+// reverse within the block through dynamic shared memory
+__global__ void dyn_reverse_kernel(float *out, const float *in, int n) {
+    DYNAMIC_SHARED(float, buf);
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    buf[threadIdx.x] = i < n ? in[i] : -1.0f;
+    __syncthreads();
+    float v = buf[blockDim.x - 1 - threadIdx.x];
+    if (i < n) out[i] = v;
+}
+
+// histogram with atomics over a 2D grid and 2D blocks
+__global__ void histogram_kernel(int *hist, const int *vals, int n, int nbins) {
+    int tid = threadIdx.y * blockDim.x + threadIdx.x;
+    int bid = blockIdx.y * gridDim.x + blockIdx.x;
+    int i = bid * blockDim.x * blockDim.y + tid;
+    if (i < n) atomicAdd(&hist[vals[i] % nbins], 1);
+    if (i < n) atomicMax(&hist[nbins], vals[i]);
+}
+
+// BUG on purpose: half the block skips the barrier
+__global__ void divergent_barrier_kernel(float *out) {
+    if (threadIdx.x < 16) __syncthreads();
+    out[threadIdx.x] = 1.0f;
+}
+
+// BUG on purpose: two different barriers
+__global__ void two_barriers_kernel(float *out) {
+    if (threadIdx.x % 2) {
+        __syncthreads();
+    } else {
+        __syncthreads();
+    }
+    out[threadIdx.x] = 1.0f;
+}
+
+// BUG on purpose: one lane goes to a block barrier while its warp waits for it in a shuffle
+__global__ void warp_deadlock_kernel(float *out) {
+    float v = (float)threadIdx.x;
+    if (threadIdx.x != 5) v += __shfl_xor_sync(0xffffffffu, v, 1);
+    __syncthreads();
+    out[threadIdx.x] = v;
+}
+
+// BUG on purpose: full mask in a partial warp (block of 40 threads)
+__global__ void partial_mask_kernel(float *out) {
+    float v = __shfl_down_sync(0xffffffffu, (float)threadIdx.x, 1);
+    out[threadIdx.x] = v;
+}
+
+extern "C" {
+void hk_shuffle(int *out, int n, int block) { LAUNCH(shuffle_kernel, ceil_div(n, block), block, 0, 0, out, n); }
+void hk_ballot(unsigned *out, int block) { LAUNCH(ballot_kernel, 1, block, 0, 0, out); }
+void hk_block_sum(float *out, const float *in, int n, int block) {
+    LAUNCH(block_sum_kernel, ceil_div(n, block), block, 0, 0, out, in, n);
+}
+void hk_read_before_write(float *out, int nblocks) { LAUNCH(read_before_write_kernel, nblocks, 64, 0, 0, out); }
+void hk_neighbour(float *out, int nblocks, int block, int with_barrier) {
+    LAUNCH(neighbour_kernel, nblocks, block, 0, 0, out, with_barrier);
+}
+void hk_dyn_reverse(float *out, const float *in, int n, int block) {
+    LAUNCH(dyn_reverse_kernel, ceil_div(n, block), block, sizeof(float) * block, 0, out, in, n);
+}
+void hk_histogram(int *hist, const int *vals, int n, int nbins) {
+    dim3 block(8, 4), grid(3, ceil_div(n, 3 * 32));
+    LAUNCH(histogram_kernel, grid, block, 0, 0, hist, vals, n, nbins);
+}
+void hk_divergent_barrier(float *out) { LAUNCH(divergent_barrier_kernel, 1, 32, 0, 0, out); }
+void hk_two_barriers(float *out) { LAUNCH(two_barriers_kernel, 1, 32, 0, 0, out); }
+void hk_warp_deadlock(float *out) { LAUNCH(warp_deadlock_kernel, 1, 64, 0, 0, out); }
+void hk_partial_mask(float *out) { LAUNCH(partial_mask_kernel, 1, 40, 0, 0, out); }
+void hk_bad_launch(float *out) { LAUNCH(divergent_barrier_kernel, 1, 2048, 0, 0, out); }
+}

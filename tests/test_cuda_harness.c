@@ -1,0 +1,181 @@
+// Tests of the CUDA-on-CPU harness itself (tests/cuda_harness): warp shuffle and vote
+// semantics, block reductions with __syncthreads, shared memory poisoning between blocks,
+// missing barriers, dynamic shared memory, atomics, and the errors it must report
+// (divergent barriers, deadlocks, bad masks, bad launch configurations).
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/util.h"
+#include "cuda_harness/harness_kernels.h"
+#include "test.h"
+
+static void test_shuffles(void) {
+    test_begin("harness_shuffles");
+    int n = 70, block = 64;  // two blocks; the last warp of block 1 is beyond n (still runs)
+    int *out = (int *)callocCheck((size_t)n * 5, sizeof(int));
+    hk_shuffle(out, n, block);
+    for (int i = 0; i < n; i++) {
+        int lane = i % 64 % 32;
+        // xor butterfly: every lane gets the warp sum 1 + ... + 32
+        CHECK(out[5 * i + 0] == 528, "xor sum lane %d: %d", lane, out[5 * i + 0]);
+        // down-reduction: lane L gets sum of lanes L, L+1, ... as far as the tree reaches
+        int d = 0;
+        {
+            int v[32];
+            for (int l = 0; l < 32; l++) v[l] = l + 1;
+            for (int o = 16; o > 0; o >>= 1) {
+                int nv[32];
+                for (int l = 0; l < 32; l++) nv[l] = v[l] + (l + o < 32 ? v[l + o] : v[l]);
+                memcpy(v, nv, sizeof v);
+            }
+            d = v[lane];
+        }
+        CHECK(out[5 * i + 1] == d, "down lane %d: %d expected %d", lane, out[5 * i + 1], d);
+        CHECK(out[5 * i + 2] == (lane + 1) * (lane + 2) / 2, "up-scan lane %d: %d", lane, out[5 * i + 2]);
+        CHECK(out[5 * i + 3] == ((lane / 8) * 8 + 3 + 1) * 10, "width-8 broadcast lane %d: %d", lane, out[5 * i + 3]);
+        CHECK(out[5 * i + 4] == (lane ^ 1), "float xor lane %d: %d", lane, out[5 * i + 4]);
+    }
+    free(out);
+    test_end();
+}
+
+static void test_ballot(void) {
+    test_begin("harness_ballot_partial_warp");
+    unsigned out[6];
+    memset(out, 0, sizeof out);
+    hk_ballot(out, 40);  // warp 0 full, warp 1 has 8 lanes
+    unsigned full = 0, part = 0;
+    for (int l = 0; l < 32; l++) full |= (unsigned)(l % 3 == 0) << l;
+    for (int l = 0; l < 8; l++) part |= (unsigned)(l % 3 == 0) << l;
+    CHECK(out[0] == full, "ballot warp 0: 0x%08x expected 0x%08x", out[0], full);
+    CHECK(out[1] == 1 && out[2] == 1, "any/all warp 0: %u %u", out[1], out[2]);
+    CHECK(out[3] == part, "ballot warp 1: 0x%08x expected 0x%08x", out[3], part);
+    CHECK(out[4] == 1 && out[5] == 1, "any/all warp 1: %u %u", out[4], out[5]);
+    test_end();
+}
+
+static void test_block_sum(void) {
+    test_begin("harness_block_sum_awkward");
+    int n = 1000, block = 96, nb = (n + block - 1) / block;
+    float *in = (float *)mallocCheck(sizeof(float) * n), *out = (float *)mallocCheck(sizeof(float) * 2 * nb);
+    for (int i = 0; i < n; i++) in[i] = (float)((i * 37) % 101) - 50.0f;
+    hk_block_sum(out, in, n, block);
+    for (int b = 0; b < nb; b++) {
+        float s = 0.0f, m = -1e30f;
+        for (int i = b * block; i < n && i < (b + 1) * block; i++) {
+            s += in[i];
+            m = in[i] > m ? in[i] : m;
+        }
+        if (b == nb - 1 && n % block) m = m > 0.0f ? m : 0.0f;  // padding threads contribute 0
+        CHECK(out[2 * b] == s, "block %d sum %g expected %g", b, out[2 * b], s);
+        CHECK(out[2 * b + 1] == m, "block %d max %g expected %g", b, out[2 * b + 1], m);
+    }
+    free(in);
+    free(out);
+    test_end();
+}
+
+static void test_shared_poison(void) {
+    test_begin("harness_shared_read_before_write_is_poisoned");
+    float *out = (float *)mallocCheck(sizeof(float) * 3 * 64);
+    hk_read_before_write(out, 3);
+    int nan = 0;
+    for (int i = 0; i < 3 * 64; i++) nan += isnan(out[i]) != 0;
+    // every block, not just the first, must see poison (static shared memory does not persist)
+    CHECK(nan == 3 * 64, "%d of %d reads returned NaN", nan, 3 * 64);
+    free(out);
+    test_end();
+}
+
+static void test_missing_barrier(void) {
+    test_begin("harness_missing_barrier_visible");
+    int nb = 2, block = 48;
+    float *out = (float *)mallocCheck(sizeof(float) * nb * block);
+    int bad[2] = {0, 0};
+    for (int rep = 0; rep < 2; rep++) {  // consecutive launches run the threads in opposite orders
+        hk_neighbour(out, nb, block, 0);
+        for (int i = 0; i < nb * block; i++) bad[rep] += isnan(out[i]) != 0;
+    }
+    CHECK(bad[0] > 0 && bad[1] > 0, "without a barrier the NaN reads were %d and %d (both launches must show some)",
+          bad[0], bad[1]);
+    for (int rep = 0; rep < 2; rep++) {
+        hk_neighbour(out, nb, block, 1);
+        for (int b = 0; b < nb; b++)
+            for (int t = 0; t < block; t++) {
+                float e = (float)((t + 1) % block + b) + (float)((t + block - 1) % block + b);
+                CHECK(out[b * block + t] == e, "with barrier, block %d thread %d: %g expected %g", b, t,
+                      out[b * block + t], e);
+            }
+    }
+    free(out);
+    test_end();
+}
+
+static void test_dynamic_shared(void) {
+    test_begin("harness_dynamic_shared");
+    int n = 100, block = 32;
+    float *in = (float *)mallocCheck(sizeof(float) * n), *out = (float *)mallocCheck(sizeof(float) * n);
+    for (int i = 0; i < n; i++) in[i] = (float)i, out[i] = -7.0f;
+    hk_dyn_reverse(out, in, n, block);
+    for (int i = 0; i < n; i++) {
+        int b = i / block, t = i % block;
+        int src = b * block + (block - 1 - t);
+        float e = src < n ? (float)src : -1.0f;
+        CHECK(out[i] == e, "out[%d] = %g expected %g", i, out[i], e);
+    }
+    free(in);
+    free(out);
+    test_end();
+}
+
+static void test_atomics(void) {
+    test_begin("harness_atomics_2d_grid");
+    int n = 333, nbins = 7;
+    int *vals = (int *)mallocCheck(sizeof(int) * n), *hist = (int *)callocCheck((size_t)nbins + 1, sizeof(int));
+    int ref[8] = {0}, mx = 0;
+    for (int i = 0; i < n; i++) {
+        vals[i] = (i * 7919) % 1000;
+        ref[vals[i] % nbins]++;
+        mx = vals[i] > mx ? vals[i] : mx;
+    }
+    hk_histogram(hist, vals, n, nbins);
+    for (int b = 0; b < nbins; b++) CHECK(hist[b] == ref[b], "bin %d: %d expected %d", b, hist[b], ref[b]);
+    CHECK(hist[nbins] == mx, "max %d expected %d", hist[nbins], mx);
+    free(vals);
+    free(hist);
+    test_end();
+}
+
+// a launch that must fail with a message containing `want`
+static void expect_error(const char *name, void (*fn)(float *), const char *want) {
+    test_begin(name);
+    float out[2048];
+    moe_hx_clear_error();
+    moe_hx_set_error_mode(1);
+    fn(out);
+    moe_hx_set_error_mode(0);
+    const char *e = moe_hx_last_error();
+    CHECK(strstr(e, want) != NULL, "expected an error containing '%s', got '%s'", want, e);
+    moe_hx_clear_error();
+    test_end();
+}
+
+int main(void) {
+    test_shuffles();
+    test_ballot();
+    test_block_sum();
+    test_shared_poison();
+    test_missing_barrier();
+    test_dynamic_shared();
+    test_atomics();
+    expect_error("harness_detects_divergent_barrier_exit", hk_divergent_barrier, "divergent barrier");
+    expect_error("harness_detects_two_barrier_sites", hk_two_barriers, "divergent __syncthreads");
+    expect_error("harness_detects_deadlock", hk_warp_deadlock, "deadlock");
+    expect_error("harness_detects_full_mask_in_partial_warp", hk_partial_mask, "do not exist");
+    expect_error("harness_rejects_bad_launch", hk_bad_launch, "block size out of range");
+    // the harness still works after recorded errors
+    test_shuffles();
+    printf("# %ld launches, %ld fiber switches\n", moe_hx_launch_count(), moe_hx_switch_count());
+    return test_summary();
+}
