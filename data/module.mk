@@ -25,3 +25,7 @@ $(DATA_CACHE)/meta.json: | $(BUILD)/prepare
 	$(BUILD)/prepare --builtin --name default --out $(DATA_CACHE)
 
 SHELL_TESTS += tests/test_prepare.sh
+
+TEST_PROGS += test_data_fuzz
+test_data_fuzz_SRCS := tests/test_data_fuzz.c
+test_data_fuzz_MODS := data common

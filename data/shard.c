@@ -266,6 +266,8 @@ int shard_open(Shard *s, const char *path, MoeErr *err) {
     if (version != SHARD_VERSION) return shard_fail(s, err, "unsupported format version %u", version);
     uint32_t hcrc = get_u32(h + 40);
     if (crc32c(0, h, 40) != hcrc) return shard_fail(s, err, "header checksum mismatch (header bytes 0-39 corrupted)");
+    for (int k = 44; k < SHARD_HEADER_BYTES; k++)
+        if (h[k] != 0) return shard_fail(s, err, "reserved header byte %d is not zero (corrupted?)", k);
     uint32_t token_bytes = get_u32(h + 12);
     uint32_t vocab = get_u32(h + 16);
     uint32_t n_domains = get_u32(h + 20);
