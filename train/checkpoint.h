@@ -45,6 +45,9 @@ typedef struct {
 int ckpt_save(const char *path, const Model *m, const CkptTrainState *st, MoeErr *err);
 // Read only the header: config and train state (for --resume / --init-from planning).
 int ckpt_read_header(const char *path, ModelConfig *cfg, CkptTrainState *st, MoeErr *err);
+// Full check of a checkpoint file without loading it: everything ckpt_read_header checks plus
+// the CRC-32C of header + payload. 0 when the file is usable.
+int ckpt_verify(const char *path, MoeErr *err);
 // Load into an initialised model whose config has the same shapes as the file's (routing
 // options may differ: the caller decides). Restores params, m, v and biases unless
 // load_optimizer == 0 (then m and v are left as they are).

@@ -5,3 +5,7 @@ trainer_SRCS := train/flags.c train/trainer.c
 PROGRAMS += train
 train_SRCS := train/train.c
 train_MODS := trainer gen ckpt plots tokenizer data model common
+PROGRAMS += ckpt_compare
+ckpt_compare_SRCS := tests/ckpt_compare.c
+ckpt_compare_MODS := ckpt data model common
+SHELL_TESTS += tests/test_train.sh

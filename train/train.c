@@ -98,6 +98,7 @@ static int build_flags(Flag *f, TrainOpts *o) {
     FL("keep-ckpts", 0, FLAG_INT, &o->keep_ckpts, "step checkpoints kept (plus best.ckpt)", 0);
     FL("report-every", 0, FLAG_INT, &o->report_every, "refresh the PNG report every N steps (0 = at the end)", 0);
     FL("log-every", 0, FLAG_INT, &o->log_every, "console line every N steps", 0);
+    FL("stop-after", 0, FLAG_INT, &o->stop_after, "stop (save, exit 0) after N steps of this session, as Ctrl-C would (0 = off)", 0);
     FL("max-bad-steps", 0, FLAG_INT, &o->max_bad_steps, "stop after this many NaN/inf steps in a row", 0);
     // model (shape)
     FL("vocab-size", 'V', FLAG_INT, &c->vocab_size, "vocabulary size (0 = from the data)", 1);

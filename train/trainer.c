@@ -10,6 +10,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "../common/util.h"
 #include "../data/dataloader.h"
 #include "../model/generate.h"
@@ -37,13 +39,38 @@ static int shape_field_differs(const char *flag, const ModelConfig *a, const Mod
 
 static const char *resume_allowed[] = {"resume", "name", "max-steps", "val-every", "val-batches", "sample-every",
                                        "sample-len", "sample-temperature", "sample-top-k", "ckpt-every", "keep-ckpts",
-                                       "report-every", "log-every", "max-bad-steps", "tokenizer", "runs-dir",
+                                       "report-every", "log-every", "max-bad-steps", "stop-after", "tokenizer", "runs-dir",
                                        "ckpt-dir", "device", "train-data", "val-data", NULL};
 
 static int in_list(const char *s, const char **list) {
     for (int i = 0; list[i]; i++)
         if (!strcmp(s, list[i])) return 1;
     return 0;
+}
+
+// On resume, take the data paths of the original run from runs/NAME/run.json unless given.
+static void resume_data_paths(TrainOpts *o, Flag *flags, int nf) {
+    char path[2200];
+    snprintf(path, sizeof path, "%s/%s/run.json", o->runs_dir, o->name);
+    char *js = NULL;
+    size_t n = 0;
+    MoeErr err;
+    if (read_file_all(path, &js, &n, &err) != 0) {
+        fprintf(stderr, "warning: %s: using the default data paths\n", err.msg);
+        return;
+    }
+    cJSON *root = cJSON_Parse(js);
+    free(js);
+    const cJSON *tr = root ? cJSON_GetObjectItemCaseSensitive(root, "train") : NULL;
+    const char *keys[2] = {"train_data", "val_data"};
+    const char *fl[2] = {"train-data", "val-data"};
+    char *dst[2] = {o->train_data, o->val_data};
+    for (int i = 0; i < 2; i++) {
+        const cJSON *v = tr ? cJSON_GetObjectItemCaseSensitive(tr, keys[i]) : NULL;
+        if (cJSON_IsString(v) && !flags_find(flags, nf, fl[i])->set) snprintf(dst[i], FLAG_STR_LEN, "%s", v->valuestring);
+    }
+    if (!tr) fprintf(stderr, "warning: %s has no \"train\" object: using the default data paths\n", path);
+    cJSON_Delete(root);
 }
 
 // copy a flag's value from the command-line parse into a config read from a checkpoint
@@ -120,6 +147,7 @@ int trainer_resolve_options(TrainOpts *o, Flag *flags, int nf) {
         o->beta1 = st.beta1;
         o->beta2 = st.beta2;
         o->seed = st.seed;
+        resume_data_paths(o, flags, nf);
     } else if (o->init_from[0]) {
         char path[FLAG_STR_LEN];
         if (ckpt_resolve(o->init_from, path, sizeof path, &err) != 0) {
@@ -713,7 +741,7 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
     }
     int rc = 0;
     double flops_per_token = model_flops_per_token(&m.cfg, T);
-    int64_t start_step = step;
+    int64_t start_step = step, saved_step = step;
     double t_report = 0.0;
     while (step < o->max_steps && !*stop) {
         double t0 = wall_seconds();
@@ -807,6 +835,7 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
             printf("\n");
             fflush(stdout);
         }
+        if (o->stop_after > 0 && step - start_step >= o->stop_after) *stop = 1;
         int last = step == o->max_steps || *stop;
         int is_best = 0;
         if (val && o->val_every > 0 && (step % o->val_every == 0 || last)) {
@@ -837,6 +866,7 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
                 rc = 1;
                 break;
             }
+            saved_step = step;
         }
         if (o->report_every > 0 && step % o->report_every == 0 && !last) {
             double tr = wall_seconds();
@@ -844,7 +874,12 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
             t_report += wall_seconds() - tr;
         }
     }
-    if (*stop && rc == 0) printf("stopped by signal at step %lld (checkpoint saved)\n", (long long)step);
+    if (rc == 0 && saved_step != step) {  // a signal arrived after this step's checkpoint decision
+        CkptTrainState st;
+        fill_state(&st, o, step, tokens_seen, rng, best_val, bad_steps, train);
+        if (save_checkpoint(o, ckpt_dir, &m, &st, 0) != 0) rc = 1;
+    }
+    if (*stop && rc == 0) printf("stopped at step %lld (checkpoint saved)\n", (long long)step);
     if (step == start_step && rc == 0 && !*stop) printf("nothing to do: the run is at step %lld of %d\n", (long long)step, o->max_steps);
     fclose(ftrain);
     fclose(frout);

@@ -22,7 +22,7 @@ typedef struct {
     uint64_t seed;
     int val_every, val_batches, sample_every, sample_len, sample_top_k;
     float sample_temperature;
-    int ckpt_every, keep_ckpts, report_every, log_every, max_bad_steps;
+    int ckpt_every, keep_ckpts, report_every, log_every, max_bad_steps, stop_after;
     // filled by trainer_resolve_options
     char overrides_json[4096];   // options set on the command line with --init-from
 } TrainOpts;
