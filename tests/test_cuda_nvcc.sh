@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Every .cu file of the project (model/cuda, tests/cuda_harness) compiles with nvcc for
+# sm_75 sm_80 sm_86 sm_89 sm_90 in one fat object, warnings as errors (nvcc and host
+# compiler). Objects are cached in $BUILD/nvcc by a hash of the source, the headers and the
+# flags, so a second run is fast. SKIPs with one line when nvcc is absent.
+# CUDA_TEST_ARCHS="86" limits the architectures (e.g. on a slow machine).
+set -u
+BUILD=${BUILD:-build}
+CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+NVCC=$(command -v nvcc 2>/dev/null || true)
+[ -z "$NVCC" ] && [ -x "$CUDA_HOME/bin/nvcc" ] && NVCC=$CUDA_HOME/bin/nvcc
+if [ -z "$NVCC" ]; then
+  echo "SKIP cuda_nvcc_compile: nvcc not found (PATH or \$CUDA_HOME/bin); the CUDA sources are still run through the CPU harness"
+  exit 0
+fi
+archs=${CUDA_TEST_ARCHS:-"75 80 86 89 90"}
+flags="-O3 -std=c++17 --threads 2 -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror,-fopenmp -I."
+for a in $archs; do flags="$flags -gencode arch=compute_$a,code=sm_$a"; done
+out=$BUILD/nvcc
+mkdir -p "$out"
+hdr_hash=$( (echo "$flags"; "$NVCC" --version; cat model/cuda/*.cuh model/cuda/*.h model/layer_math.h tests/cuda_harness/*.h 2>/dev/null) | sha1sum | cut -c1-40)
+fail=0
+for src in model/cuda/*.cu tests/cuda_harness/*.cu; do
+  [ -e "$src" ] || continue
+  name=$(echo "$src" | tr '/' '_')
+  key=$( (echo "$hdr_hash"; cat "$src") | sha1sum | cut -c1-40)
+  if [ -f "$out/$name.o" ] && [ "$(cat "$out/$name.key" 2>/dev/null)" = "$key" ]; then
+    echo "PASS nvcc_compile $src (cached; archs $archs)"
+    continue
+  fi
+  rm -f "$out/$name.o" "$out/$name.key"
+  t0=$(date +%s)
+  if timeout 600 "$NVCC" $flags -c "$src" -o "$out/$name.o" > "$out/$name.log" 2>&1; then
+    echo "$key" > "$out/$name.key"
+    echo "PASS nvcc_compile $src (archs $archs, $(( $(date +%s) - t0 )) s)"
+  else
+    echo "FAIL nvcc_compile $src: nvcc failed (archs $archs); first lines:"
+    head -20 "$out/$name.log" | sed 's/^/  /'
+    fail=1
+  fi
+done
+exit $fail
