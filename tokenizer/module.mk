@@ -9,3 +9,12 @@ PROGRAMS += bpe
 bpe_SRCS := tokenizer/main.c
 bpe_MODS := tokenizer common
 
+PROGRAMS += bench_tokenizer
+bench_tokenizer_SRCS := tokenizer/bench.c
+bench_tokenizer_MODS := tokenizer common
+
+TEST_PROGS += test_tokenizer
+test_tokenizer_SRCS := tests/test_tokenizer.c
+test_tokenizer_MODS := tokenizer common
+
+SHELL_TESTS += tests/test_tokenizer_hf.sh tests/test_tokenizer_cli.sh

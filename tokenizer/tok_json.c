@@ -356,9 +356,9 @@ Tokenizer *tokenizer_load_json(const char *json, size_t n, const char *name, Moe
             if (ia < 0 || ib < 0 || ic < 0) {
                 const char *which = ia < 0 ? a : ib < 0 ? b : buf;
                 int wl = (int)(ia < 0 ? la : ib < 0 ? lb : la + lb);
-                free(buf);
                 moe_err_set(err, "%s: model.merges[%d]: token '%.*s' is not in model.vocab", name, r, wl > 60 ? 60 : wl,
                             which);
+                free(buf);
                 goto fail;
             }
             tok->merges[r][0] = ia;

@@ -258,7 +258,7 @@ int tok_step_compile(TokStep *st, const char *name, MoeErr *err) {
     uint32_t opts = PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK;
     if (st->kind == TOK_STEP_SPLIT) {
         pat = st->pattern;
-        if (!st->is_regex) opts |= PCRE2_LITERAL;
+        if (!st->is_regex) opts = PCRE2_UTF | PCRE2_NO_UTF_CHECK | PCRE2_LITERAL;  // UCP is not allowed here
     } else if (st->kind == TOK_STEP_DIGITS) {
         pat = st->individual_digits ? "\\p{N}" : "\\p{N}+";
     } else if (st->kind == TOK_STEP_BYTELEVEL && st->use_regex) {

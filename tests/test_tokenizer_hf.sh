@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Hugging Face `tokenizers` compatibility of our byte-level BPE, both directions
+# (tests/reference/hf_tokenizer_check.py). Skips when the Python package cannot be installed.
+set -u
+BUILD=${BUILD:-build}
+name=hf_tokenizer_compat
+if ! python3 -c "import tokenizers" 2>/dev/null; then
+  timeout 120 pip install -q tokenizers >/dev/null 2>&1 ||
+    timeout 120 pip install -q --break-system-packages tokenizers >/dev/null 2>&1
+fi
+if ! python3 -c "import tokenizers" 2>/dev/null; then
+  echo "SKIP $name: python package tokenizers not installable"
+  exit 0
+fi
+if [ ! -x "$BUILD/bpe" ]; then
+  echo "FAIL $name: $BUILD/bpe is not built"
+  exit 1
+fi
+work=$(mktemp -d /tmp/test_tokenizer_hf.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+python3 tests/reference/hf_tokenizer_check.py --bpe "$BUILD/bpe" --work "$work"
