@@ -10,6 +10,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <glob.h>
 #include <omp.h>
 #include <unistd.h>
 
@@ -443,6 +444,21 @@ static int inspect(int argc, char **argv, int first) {
     return bad;
 }
 
+// shards of an earlier run would be picked up by a glob such as train_*.bin: remove them
+static void remove_old_shards(const char *out) {
+    const char *prefixes[] = {"train", "val"};
+    for (int k = 0; k < 2; k++) {
+        char pat[4200];
+        snprintf(pat, sizeof(pat), "%s/%s_[0-9][0-9][0-9]*.bin", out, prefixes[k]);
+        glob_t g;
+        if (glob(pat, 0, NULL, &g) == 0) {
+            for (size_t i = 0; i < g.gl_pathc; i++)
+                if (unlink(g.gl_pathv[i]) != 0) die("cannot remove the old shard '%s': %s", g.gl_pathv[i], strerror(errno));
+            globfree(&g);
+        }
+    }
+}
+
 int main(int argc, char **argv) {
     Args a;
     parse_args(argc, argv, &a);
@@ -540,6 +556,7 @@ int main(int argc, char **argv) {
     snprintf(meta_path, sizeof(meta_path), "%s/meta.json", out);
     snprintf(tok_path, sizeof(tok_path), "%s/tokenizer.json", out);
     unlink(meta_path);  // the folder is incomplete until meta.json is written again
+    remove_old_shards(out);
     double t_tok = wall_seconds();
     if (!tok) {
         TokTrainConfig cfg;

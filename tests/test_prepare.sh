@@ -97,6 +97,15 @@ else
   fail prepare_given_tokenizer "rc=$rc $(tail -2 "$T/given.log")"
 fi
 
+# 3b. shards left by an earlier run into the same folder are removed (a glob would pick them up)
+touch "$T/given/train_005.bin" "$T/given/val_002.bin"
+run given2 --out "$T/given" --tokenizer "$T/good/tokenizer.json" --input "notes=$T/notes.txt" --text-unit paragraph
+if [ "$rc" -eq 0 ] && [ ! -e "$T/given/train_005.bin" ] && [ ! -e "$T/given/val_002.bin" ] && [ -s "$T/given/train_000.bin" ]; then
+  pass prepare_removes_old_shards
+else
+  fail prepare_removes_old_shards "rc=$rc $(ls "$T/given" | tr '\n' ' ')"
+fi
+
 # 4. 4-byte token ids on request
 run wide --out "$T/wide" --vocab 300 --token-bytes 4 --input "notes=$T/notes.txt" --text-unit paragraph
 if [ "$rc" -eq 0 ] && "$P" --inspect "$T/wide/train_000.bin" | grep -q '4-byte ids'; then
