@@ -803,11 +803,43 @@ static const cJSON *json_field(const cJSON *obj, const char *field) {
     return NULL;
 }
 
+// a whole-file JSON array of objects (what many tools write as .json): 1 = handled
+static int read_json_array(Corpus *c, int domain, const char *path, const char *data, size_t n, const char *field,
+                           ReadOptions *o, int *rc, MoeErr *err) {
+    size_t k = 0;
+    while (k < n && isspace((unsigned char)data[k])) k++;
+    if (k >= n || data[k] != '[') return 0;
+    cJSON *arr = cJSON_ParseWithLength(data, n);
+    if (!arr || !cJSON_IsArray(arr)) {  // not a single JSON array: read as JSON Lines
+        cJSON_Delete(arr);
+        return 0;
+    }
+    int64_t idx = 0, found = 0;
+    *rc = 0;
+    for (const cJSON *el = arr->child; el && *rc == 0; el = el->next, idx++) {
+        const cJSON *v = cJSON_IsObject(el) ? json_field(el, field) : NULL;
+        if (!v || !cJSON_IsString(v)) {
+            if (o->skip_bad) o->n_skipped++;
+            else *rc = moe_err_set(err, "'%s' array element %lld: no string field '%s'", path, (long long)idx, field);
+            continue;
+        }
+        *rc = add_doc(c, domain, v->valuestring, strlen(v->valuestring), o, err);
+        found++;
+    }
+    cJSON_Delete(arr);
+    if (*rc == 0 && found == 0) *rc = moe_err_set(err, "'%s': no array element has a string field '%s'", path, field);
+    return 1;
+}
+
 int corpus_read_jsonl(Corpus *c, int domain, const char *path, const char *field, ReadOptions *o, MoeErr *err) {
     char *data = NULL;
     size_t n = 0;
     if (read_text_file(path, &data, &n, err)) return -1;
     int rc = 0;
+    if (read_json_array(c, domain, path, data, n, field, o, &rc, err)) {
+        free(data);
+        return rc;
+    }
     int64_t line_no = 0, found = 0;
     for (size_t i = 0; i < n && rc == 0;) {
         size_t j = i;

@@ -84,6 +84,7 @@ void read_options_default(ReadOptions *o);
 // empty file and on NUL bytes (not a text file), naming the byte offset.
 int corpus_read_text(Corpus *c, int domain, const char *path, ReadOptions *o, MoeErr *err);
 // JSON Lines: one object per line, `field` (a string member; "a.b" for nested objects).
+// A file that is one JSON array of objects is read element by element.
 int corpus_read_jsonl(Corpus *c, int domain, const char *path, const char *field, ReadOptions *o, MoeErr *err);
 // CSV (sep ',') or TSV (sep '\t') with RFC 4180 quoting; `column` is a 1-based number or a
 // header name.

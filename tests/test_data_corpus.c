@@ -419,8 +419,11 @@ static void test_jsonl(void) {
     CHECK(corpus_read_jsonl(&c, d, p, "text", &o, &err) != 0 && strstr(err.msg, "not a string"), "number: %s",
           err.msg);
     write_str(p, "[1, 2]\n");
-    CHECK(corpus_read_jsonl(&c, d, p, "text", &o, &err) != 0 && strstr(err.msg, "not a JSON object"), "array: %s",
+    CHECK(corpus_read_jsonl(&c, d, p, "text", &o, &err) != 0 && strstr(err.msg, "element 0"), "array: %s",
           err.msg);
+    write_str(p, "{\"text\": \"a\"}\n[1, 2]\n");
+    CHECK(corpus_read_jsonl(&c, d, p, "text", &o, &err) != 0 && strstr(err.msg, "line 2: not a JSON object"),
+          "array line: %s", err.msg);
     // skip_bad counts instead
     write_str(p, "{\"text\": \"ok\"}\nnot json\n{\"body\": \"x\"}\n{\"text\": \"ok2\"}\n");
     o.skip_bad = 1;
@@ -428,6 +431,15 @@ static void test_jsonl(void) {
     CHECK(corpus_read_jsonl(&c, d, p, "text", &o, &err) == 0, "skip_bad: %s", err.msg);
     CHECK(c.n_docs - before == 2 && o.n_skipped == 2, "2 kept 2 skipped");
     o.skip_bad = 0;
+    // a whole-file JSON array
+    write_str(tmp_path("arr.json"), "[\n {\"text\": \"one\"},\n {\"text\": \"two\"}\n]\n");
+    before = c.n_docs;
+    CHECK(corpus_read_jsonl(&c, d, tmp_path("arr.json"), "text", &o, &err) == 0 && c.n_docs - before == 2 &&
+              strcmp(c.docs[before + 1].text, "two") == 0,
+          "json array: %s", err.msg);
+    write_str(tmp_path("arr.json"), "[{\"text\": \"one\"}, {\"other\": 1}]");
+    CHECK(corpus_read_jsonl(&c, d, tmp_path("arr.json"), "text", &o, &err) != 0 && strstr(err.msg, "element 1"),
+          "json array bad element: %s", err.msg);
     write_file(p, "", 0);
     CHECK(corpus_read_jsonl(&c, d, p, "text", &o, &err) != 0 && strstr(err.msg, "empty"), "empty: %s", err.msg);
     write_str(p, "\n\n");
