@@ -6,3 +6,6 @@ test_model_grad_MODS := model common
 PROGRAMS += gen_shards
 gen_shards_SRCS := tests/gen_shards.c
 gen_shards_MODS := data common
+TEST_PROGS += test_layers
+test_layers_SRCS := tests/test_layers.c
+test_layers_MODS := model common
