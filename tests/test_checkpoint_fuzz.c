@@ -92,10 +92,15 @@ int main(void) {
     if (!ok || !gd) return test_summary();
     const uint8_t *g = (const uint8_t *)gd;
     uint8_t *w = (uint8_t *)malloc(n + 64);
-    uint64_t r = rng_seed(20261124);
+    // fixed by default; MOE_FUZZ_ITERS / MOE_FUZZ_SEED allow a longer manual run
+    const char *ev = getenv("MOE_FUZZ_ITERS");
+    int iters = ev ? atoi(ev) : 3000;
+    if (iters <= 0) iters = 3000;
+    ev = getenv("MOE_FUZZ_SEED");
+    uint64_t r = rng_seed(ev ? strtoull(ev, NULL, 10) : 20261124);
 
     test_begin("fuzz_header_mutations");
-    int iters = 3000, n_ok = 0, n_hdr_ok = 0, bad_msgs = 0, inconsistent = 0;
+    int n_ok = 0, n_hdr_ok = 0, bad_msgs = 0, inconsistent = 0;
     for (int it = 0; it < iters; it++) {
         memcpy(w, g, n);
         size_t len = n;

@@ -295,6 +295,27 @@ static void layout_sizes(const ModelConfig *c, uint64_t num_params, CkptInfo *in
     info->file_size = info->off_bias + (uint64_t)info->n_blocks * info->E * sizeof(float) + 4;
 }
 
+// Every dimension model_layout computes in int must fit in an int (config_validate bounds the
+// fields but not all of their products; a corrupt header must not overflow model_layout).
+static int dims_fit_int(const ModelConfig *c, MoeErr *err) {
+    const int64_t H = c->n_heads, dqk = (int64_t)c->qk_nope_dim + c->qk_rope_dim;
+    const struct {
+        const char *what;
+        int64_t v;
+    } d[] = {
+        {"n_heads * (qk_nope_dim + qk_rope_dim)", H * dqk},
+        {"kv_lora_rank + qk_rope_dim", (int64_t)c->kv_lora_rank + c->qk_rope_dim},
+        {"n_heads * (qk_nope_dim + v_head_dim)", H * ((int64_t)c->qk_nope_dim + c->v_head_dim)},
+        {"n_heads * v_head_dim", H * c->v_head_dim},
+        {"n_shared_experts * moe_inter_dim", (int64_t)c->n_shared_experts * c->moe_inter_dim},
+        {"2 * dim", 2 * (int64_t)c->dim},
+        {"n_layers + mtp_depth", (int64_t)c->n_layers + c->mtp_depth},
+    };
+    for (size_t i = 0; i < sizeof d / sizeof d[0]; i++)
+        if (d[i].v > INT_MAX) return moe_err_set(err, "config: %s = %lld is too large", d[i].what, (long long)d[i].v);
+    return 0;
+}
+
 // ---------------------------------------------------------------------------------------
 // Saving
 
@@ -356,7 +377,7 @@ static int writer_put(Writer *w, const void *data, size_t n, MoeErr *err) {
 int ckpt_save(const char *path, const Model *m, const CkptTrainState *st, MoeErr *err) {
     if (!path || !*path) return moe_err_set(err, "checkpoint: empty output path");
     MoeErr e2;
-    if (config_validate(&m->cfg, &e2) != 0) return moe_err_set(err, "cannot save checkpoint '%s': %s", path, e2.msg);
+    if (config_validate(&m->cfg, &e2) != 0 || dims_fit_int(&m->cfg, &e2) != 0) return moe_err_set(err, "cannot save checkpoint '%s': %s", path, e2.msg);
     if (state_validate(st, &e2) != 0) return moe_err_set(err, "cannot save checkpoint '%s': train state: %s", path, e2.msg);
     if (model_layout(&m->cfg, NULL, NULL) != m->num_params)
         return moe_err_set(err, "cannot save checkpoint '%s': the model's num_params %zu does not match its config",
@@ -493,7 +514,7 @@ static int ckpt_open(const char *path, int *fd_out, CkptInfo *info, MoeErr *err)
     CKPT_CONFIG_FIELDS(GET_FIELD)
 #undef GET_FIELD
     MoeErr e;
-    if (config_validate(cfg, &e) != 0) {
+    if (config_validate(cfg, &e) != 0 || dims_fit_int(cfg, &e) != 0) {
         moe_err_set(err, "checkpoint '%s' holds an invalid model config: %s", path, e.msg);
         goto fail;
     }
@@ -504,7 +525,13 @@ static int ckpt_open(const char *path, int *fd_out, CkptInfo *info, MoeErr *err)
         goto fail;
     }
     // sizes implied by the config must agree with the stored ones and with the file length
-    layout_sizes(cfg, model_layout(cfg, NULL, NULL), info);
+    uint64_t np = model_layout(cfg, NULL, NULL);
+    if (np > ((uint64_t)1 << 58)) {
+        moe_err_set(err, "checkpoint '%s': its config implies an impossible %llu parameters (corrupt header)", path,
+                    (unsigned long long)np);
+        goto fail;
+    }
+    layout_sizes(cfg, np, info);
     if (num_params != info->num_params) {
         moe_err_set(err, "checkpoint '%s': num_params %llu does not match its config (%llu)", path,
                     (unsigned long long)num_params, (unsigned long long)info->num_params);
