@@ -251,6 +251,135 @@ static inline const TokPairSlot *pairmap_get(const TokPairMap *m, int32_t a, int
 }
 
 // ---------------------------------------------------------------------------------------
+// Pattern rewriting for HF parity. HF compiles Split regexes with Oniguruma, whose Unicode
+// tables are newer than PCRE2 10.42's: some recent letters and digits (Unicode 15-16
+// scripts) are \p{L} / \p{N} there but not here, and PCRE2's \s also matches U+180E, which
+// Oniguruma does not. So \p{L}, \p{N}, \P{L}, \P{N}, \s and \S are rewritten with explicit
+// extra ranges (found by comparing both engines over every code point, tokenizers 0.23).
+// Limits: \S and \P{..} inside a character class are left as they are.
+static const char *const RX_EXTRA_L =
+    "\\x{1c89}-\\x{1c8a}\\x{a7cb}-\\x{a7cd}\\x{a7da}-\\x{a7dc}\\x{105c0}-\\x{105f3}\\x{10d4a}-\\x{10d65}"
+    "\\x{10d6f}-\\x{10d85}\\x{10ec2}-\\x{10ec4}\\x{1123f}-\\x{11240}\\x{11380}-\\x{11389}\\x{1138b}"
+    "\\x{1138e}\\x{11390}-\\x{113b5}\\x{113b7}\\x{113d1}\\x{113d3}\\x{11bc0}-\\x{11be0}\\x{11f02}"
+    "\\x{11f04}-\\x{11f10}\\x{11f12}-\\x{11f33}\\x{1342f}\\x{13441}-\\x{13446}\\x{13460}-\\x{143fa}"
+    "\\x{16100}-\\x{1611d}\\x{16d40}-\\x{16d6c}\\x{18cff}\\x{1b132}\\x{1b155}\\x{1df25}-\\x{1df2a}"
+    "\\x{1e030}-\\x{1e06d}\\x{1e4d0}-\\x{1e4eb}\\x{1e5d0}-\\x{1e5ed}\\x{1e5f0}\\x{2b739}"
+    "\\x{2ebf0}-\\x{2ee5d}\\x{31350}-\\x{323af}";
+static const char *const RX_EXTRA_N =
+    "\\x{10d40}-\\x{10d49}\\x{116d0}-\\x{116e3}\\x{11bf0}-\\x{11bf9}\\x{11f50}-\\x{11f59}"
+    "\\x{16130}-\\x{16139}\\x{16d70}-\\x{16d79}\\x{1ccf0}-\\x{1ccf9}\\x{1d2c0}-\\x{1d2d3}"
+    "\\x{1e4f0}-\\x{1e4f9}\\x{1e5f1}-\\x{1e5fa}";
+static const char *const RX_SPACE =
+    "\\x{9}-\\x{d}\\x{20}\\x{85}\\x{a0}\\x{1680}\\x{2000}-\\x{200a}\\x{2028}-\\x{2029}\\x{202f}\\x{205f}"
+    "\\x{3000}";
+
+typedef struct {
+    char *s;
+    size_t n, cap;
+    int oom;
+} RxBuf;
+
+static void rx_put(RxBuf *b, const char *p, size_t n) {
+    if (b->oom) return;
+    if (b->n + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 256;
+        while (cap < b->n + n + 1) cap *= 2;
+        char *ns = realloc(b->s, cap);
+        if (!ns) {
+            b->oom = 1;
+            return;
+        }
+        b->s = ns;
+        b->cap = cap;
+    }
+    memcpy(b->s + b->n, p, n);
+    b->n += n;
+    b->s[b->n] = 0;
+}
+static void rx_puts(RxBuf *b, const char *s) { rx_put(b, s, strlen(s)); }
+
+// malloc'd rewritten pattern, NULL on out of memory
+static char *rx_rewrite(const char *pat) {
+    RxBuf b = {0};
+    int in_class = 0;
+    size_t n = strlen(pat);
+    for (size_t i = 0; i < n; i++) {
+        char c = pat[i];
+        if (c == '\\' && i + 1 < n) {
+            char d = pat[i + 1];
+            const char *extra = NULL;
+            int neg = 0;
+            size_t skip = 0;
+            if ((d == 'p' || d == 'P') && i + 4 < n + 1 && pat[i + 2] == '{' && (pat[i + 3] == 'L' || pat[i + 3] == 'N') &&
+                pat[i + 4] == '}') {
+                extra = pat[i + 3] == 'L' ? RX_EXTRA_L : RX_EXTRA_N;
+                neg = d == 'P';
+                skip = 5;
+            } else if ((d == 'p' || d == 'P') && (pat[i + 2] == 'L' || pat[i + 2] == 'N') && i + 2 < n) {
+                extra = pat[i + 2] == 'L' ? RX_EXTRA_L : RX_EXTRA_N;
+                neg = d == 'P';
+                skip = 3;
+            }
+            if (extra && !in_class) {
+                rx_puts(&b, neg ? "[^\\p{" : "[\\p{");
+                rx_put(&b, extra == RX_EXTRA_L ? "L" : "N", 1);
+                rx_puts(&b, "}");
+                rx_puts(&b, extra);
+                rx_puts(&b, "]");
+                i += skip - 1;
+                continue;
+            }
+            if (extra && in_class && !neg) {
+                rx_puts(&b, extra == RX_EXTRA_L ? "\\p{L}" : "\\p{N}");
+                rx_puts(&b, extra);
+                i += skip - 1;
+                continue;
+            }
+            if (d == 's') {
+                if (!in_class) rx_puts(&b, "[");
+                rx_puts(&b, RX_SPACE);
+                if (!in_class) rx_puts(&b, "]");
+                i++;
+                continue;
+            }
+            if (d == 'S' && !in_class) {
+                rx_puts(&b, "[^");
+                rx_puts(&b, RX_SPACE);
+                rx_puts(&b, "]");
+                i++;
+                continue;
+            }
+            rx_put(&b, pat + i, 2);
+            i++;
+            continue;
+        }
+        if (!in_class && c == '[') {
+            in_class = 1;
+            rx_put(&b, &c, 1);
+            if (i + 1 < n && pat[i + 1] == '^') rx_put(&b, pat + ++i, 1);
+            if (i + 1 < n && pat[i + 1] == ']') rx_put(&b, pat + ++i, 1);  // leading ] is literal
+            continue;
+        }
+        if (in_class && c == '[' && i + 1 < n && pat[i + 1] == ':') {  // POSIX [:name:]
+            const char *e = strstr(pat + i + 2, ":]");
+            if (e) {
+                rx_put(&b, pat + i, (size_t)(e + 2 - (pat + i)));
+                i = (size_t)(e + 1 - pat);
+                continue;
+            }
+        }
+        if (in_class && c == ']') in_class = 0;
+        rx_put(&b, &c, 1);
+    }
+    if (!b.s) rx_put(&b, "", 0);
+    if (b.oom) {
+        free(b.s);
+        return NULL;
+    }
+    return b.s;
+}
+
+// ---------------------------------------------------------------------------------------
 // Pre-tokenizer steps
 
 int tok_step_compile(TokStep *st, const char *name, MoeErr *err) {
@@ -267,7 +396,10 @@ int tok_step_compile(TokStep *st, const char *name, MoeErr *err) {
     if (!pat) return 0;
     int ec;
     PCRE2_SIZE eo;
-    st->re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED, opts, &ec, &eo, NULL);
+    char *rw = (opts & PCRE2_LITERAL) ? strdup(pat) : rx_rewrite(pat);
+    if (!rw) return moe_err_set(err, "%s: out of memory compiling a pre_tokenizer regex", name);
+    st->re = pcre2_compile((PCRE2_SPTR)rw, PCRE2_ZERO_TERMINATED, opts, &ec, &eo, NULL);
+    free(rw);
     if (!st->re) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(ec, msg, sizeof(msg));

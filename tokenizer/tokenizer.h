@@ -73,8 +73,9 @@ void tok_train_config_default(TokTrainConfig *cfg);
 
 // Streaming trainer: feed documents (byte strings, any bytes) one at a time; only the counts
 // of distinct pre-split pieces are kept, so tens of MB of text are fine. Ties between pairs
-// of equal count are broken deterministically (the lexicographically smallest pair of
-// token byte strings first), so the result does not depend on feeding in chunks or order.
+// of equal count are broken deterministically (the smallest (left id, right id) pair first;
+// ids 0..255 are the bytes, merged tokens follow in merge order), so the result does not
+// depend on feeding order or chunking (at piece boundaries). Special tokens get the last ids.
 typedef struct TokTrainer TokTrainer;
 TokTrainer *tok_trainer_new(const TokTrainConfig *cfg, MoeErr *err);
 int tok_trainer_feed(TokTrainer *tr, const void *text, size_t n, MoeErr *err);

@@ -70,6 +70,17 @@ def domain_texts():
                         "٣٤٥ ١٢ 2024-11-24T01:02:03Z 192.168.0.1 ⅫⅣ\n" * 5)
     texts["whitespace"] = ("a  b   c    d\t\te\n\n\nf \n g\r\n  h   \n\n  \t  \n    indented\n        more\n"
                            "trailing   \nx" + " " * 50 + "y\n" + "\n" * 10 + "end   ")
+    # unicode whitespace of every kind, and a deterministic random mix of character classes
+    ws = "\u0085\u00a0\u1680\u2000\u200a\u2028\u2029\u202f\u205f\u3000\u180e\u200b\ufeff\x0b\x0c\x1c\x1f"
+    texts["unicode_whitespace"] = "".join(f"a{c}b x {c} y{c}{c}z {c}\n{c}5 " for c in ws)
+    # letters/digits newer than PCRE2 10.42's Unicode tables (see RX_EXTRA_L in tokenizer.c)
+    recent = [0x1C89, 0xA7CB, 0x105C0, 0x10D4A, 0x10D40, 0x116D0, 0x13460, 0x1E5F1, 0x2EBF0, 0x31350, 0x1E4D0]
+    texts["unicode_recent"] = " ".join(f"x{chr(c)}{chr(c + 1)}y {chr(c)}12 '{chr(c)}" for c in recent) + "\u180e a\n"
+    import random
+    rnd = random.Random(1234)
+    pool = (list("aZé'sS tT\n\r\t  09.,;!?-_()[]{}<>\"'/\\|`~@#$%^&*+=") + ["'s", "'T", "'re", "'LL", "\r\n", "  ", "\u00a0"]
+            + ["中", "文", "é", "ß", "Ω", "й", "ع", "😀", "👍🏽", "①", "²", "٣", "\u0301", "\u200d", "ｶ", "ー", "가"])
+    texts["random_mix"] = "".join(rnd.choice(pool) for _ in range(6000))
     texts["specials"] = "<|begin_of_text|>Hello world<|end_of_text|><|pad|> text after <|pad|>"
     # the built-in corpus, when `make data` has built it
     for p in sorted(glob.glob("data/cache/**/*.txt", recursive=True))[:6]:
