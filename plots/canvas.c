@@ -12,7 +12,7 @@ static unsigned char *plots_zlib_compress(unsigned char *data, int data_len, int
     uLongf cap = compressBound((uLong)data_len);
     unsigned char *out = malloc(cap);
     if (!out) return NULL;
-    if (compress2(out, &cap, data, (uLong)data_len, 4) != Z_OK) {
+    if (compress2(out, &cap, data, (uLong)data_len, 2) != Z_OK) {
         free(out);
         return NULL;
     }

@@ -118,6 +118,8 @@ static int axis_ticks(double lo, double hi, int logscale, int target, double *ou
                       int *major) {
     int n = 0;
     *step = 0;
+    if (!isfinite(lo) || !isfinite(hi) || !(hi > lo)) return 0;
+    if (logscale && !(lo > 0)) return 0;
     if (!logscale) {
         double s = nice_step(hi - lo, target);
         *step = s;
@@ -127,7 +129,9 @@ static int axis_ticks(double lo, double hi, int logscale, int target, double *ou
         }
         return n;
     }
-    int k0 = (int)floor(log10(lo)), k1 = (int)ceil(log10(hi));
+    double l0 = floor(log10(lo)), l1 = ceil(log10(hi));
+    if (l0 < -300 || l1 > 300) return 0;
+    int k0 = (int)l0, k1 = (int)l1;
     int decades = k1 - k0;
     int every = decades > 8 ? (decades + 7) / 8 : 1;
     for (int k = k0; k <= k1 && n < max; k++) {

@@ -727,7 +727,7 @@ static int matrix_grid(const char *path, const char *title, int n, const float *
     grid_dims(n, &gc, &gr);
     int pw = cols > 16 ? 420 : (gc >= 4 ? 300 : 360), ph = row_names ? 60 + 40 + rows * 22 : pw - 20;
     if (ph < 200) ph = 200;
-    int left = row_names ? 40 : 0;
+    int left = (row_names ? 40 : 0) + (yl ? 22 : 0);
     int W = gc * (pw + left) + 140, H = 44 + gr * ph;
     Canvas cv;
     if (canvas_init(&cv, W, H, RGB_WHITE, err)) return -1;
@@ -741,7 +741,10 @@ static int matrix_grid(const char *path, const char *title, int n, const float *
         Axes ax = panel_axes(&cv, (p % gc) * (pw + left), 44 + (p / gc) * ph, pw + left, ph);
         ax.x0 += left;
         ax.no_xticks = ax.no_yticks = 1;
-        axes_draw(&ax, NULL, xl, yl);
+        axes_draw(&ax, NULL, xl, NULL);
+        if (yl)
+            canvas_text(&cv, (float)((p % gc) * (pw + left) + 6), (float)(ax.y0 + ax.y1) / 2, yl, 13.0f, RGB_TEXT,
+                        TEXT_LEFT, TEXT_MIDDLE, TEXT_ROT90);
         canvas_text(&cv, (float)(ax.x0 + ax.x1) / 2, (float)ax.y0 - 6, panel_titles[p], 14.0f, RGB_TEXT, TEXT_CENTER,
                     TEXT_BOTTOM, TEXT_BOLD);
         heatmap_draw(&ax, m + (size_t)p * rows * cols, rows, cols, vmin, vmax, logscale, cmap, fmt);

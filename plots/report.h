@@ -7,7 +7,7 @@
 // report.html reloads itself every 30 s while RUN_DIR/FINISHED does not exist (the trainer
 // creates FINISHED when it ends). Cheap enough to call from the training loop every N steps:
 // about 0.1-0.3 s for 2,000 steps x 4 layers x 8 experts on a 2-core CPU (tests/test_plots.c
-// prints the measured time).
+// prints the measured time). Not thread-safe (one font cache): call from one thread.
 #ifndef MOE_PLOTS_REPORT_H
 #define MOE_PLOTS_REPORT_H
 

@@ -533,7 +533,7 @@ static int compare_lines(RunLog *runs, int n, int which, const char *path, MoeEr
             Rgb c = palette_color(k, n);
             axes_series(&ax, xs[k], ys[k], ns[k], c, which == 1 ? 3.0f : 2.0f);
             if (k < 64) {
-                names[k] = runs[k].name;
+                names[k] = runs[k].folder;
                 colors[k] = c;
             }
         }
@@ -582,7 +582,7 @@ static int compare_load(RunLog *runs, int n, int window, const char *path, MoeEr
         ax.y0 = 44 + (k / gc) * ph + 30;
         ax.no_xticks = ax.no_yticks = 1;
         axes_draw(&ax, NULL, "expert", NULL);
-        canvas_text(&cv, (float)(ax.x0 + ax.x1) / 2, (float)ax.y0 - 6, runs[k].name, 14.0f, RGB_TEXT, TEXT_CENTER,
+        canvas_text(&cv, (float)(ax.x0 + ax.x1) / 2, (float)ax.y0 - 6, runs[k].folder, 14.0f, RGB_TEXT, TEXT_CENTER,
                     TEXT_BOTTOM, TEXT_BOLD);
         if (!g->n) {
             axes_message(&ax, "no data");
@@ -657,7 +657,7 @@ int report_compare(const char *out_dir, const char *const *run_dirs, int n_runs,
             snprintf(rel, sizeof rel, "%s/report.html", r->dir);
             char en[600];
             sp(&b, "<tr><td><a href=\"%s\">%s</a></td><td>%s</td><td>%s</td><td>%s</td><td>", esc(rel, e, sizeof e),
-               esc(r->name, en, sizeof en), t1, t2, t3);
+               esc(r->folder, en, sizeof en), t1, t2, t3);
             int nc = 0;
             for (int li = 0; li < r->routing.L; li++)
                 if (runlog_layer_collapsed(r, li, NULL)) sp(&b, "%s%d", nc++ ? ", " : "", r->routing.layer[li]);

@@ -440,6 +440,7 @@ int runlog_load(RunLog *r, const char *run_dir, const CollapseParams *cp, MoeErr
         snprintf(tmp, sizeof tmp, "%.*s", (int)len, run_dir);
         base = strrchr(tmp, '/');
         snprintf(r->name, sizeof r->name, "%.255s", base ? base + 1 : tmp);
+        snprintf(r->folder, sizeof r->folder, "%s", r->name);
     }
     char path[1200];
     int found = 0;

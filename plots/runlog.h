@@ -44,7 +44,8 @@ typedef struct {
 #define RUNLOG_MAX_NOTES 24
 typedef struct {
     char dir[1024];
-    char name[256];
+    char name[256];    // run.json "name", else the folder name
+    char folder[256];  // last component of the run folder path
     cJSON *run;        // run.json or NULL
     int finished;      // RUN_DIR/FINISHED exists
     TrainLog train;
