@@ -94,7 +94,9 @@ static int write_bytes(const char *path, const void *data, size_t n) {
     fclose(fp);
     return w == n ? 0 : -1;
 }
-static uint32_t rd32(const uint8_t *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24; }
+static uint32_t rd32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
 static uint64_t rd64(const uint8_t *p) { return (uint64_t)rd32(p) | (uint64_t)rd32(p + 4) << 32; }
 static void wr32(uint8_t *p, uint32_t v) {
     for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
@@ -449,8 +451,8 @@ static void test_corrupt(void) {
         CHECK(ckpt_load(missing, &b, NULL, 1, &err) != 0, "missing loaded");
         write_bytes(bad, "", 0);
         expect_bad(bad, "truncated", "empty file", &b);
-        CHECK(ckpt_read_header(g_dir, NULL, NULL, &err) != 0 && strstr(err.msg, "not a regular file"),
-              "directory: %s", err.msg);
+        CHECK(ckpt_read_header(g_dir, NULL, NULL, &err) != 0 && strstr(err.msg, "not a regular file"), "directory: %s",
+              err.msg);
     }
     test_end();
 
@@ -540,10 +542,10 @@ static void test_shapes_match(void) {
     test_end();
 
     test_begin("shapes_match_accepts_routing_changes");
-#define ROUTE_CASE(field, value)                                                              \
-    do {                                                                                      \
-        ModelConfig c = base;                                                                 \
-        c.field = (value);                                                                    \
+#define ROUTE_CASE(field, value)                                                               \
+    do {                                                                                       \
+        ModelConfig c = base;                                                                  \
+        c.field = (value);                                                                     \
         CHECK(ckpt_shapes_match(&base, &c, &err) == 1, #field " change refused: %s", err.msg); \
     } while (0)
     ROUTE_CASE(top_k, 4);
@@ -675,8 +677,7 @@ static void test_run_dir(void) {
         capture_end(&cap, warn, sizeof warn);
         CHECK(rc != 0 && strstr(err.msg, "no valid checkpoint") && strstr(err.msg, dir), "both corrupt: %s", err.msg);
         // an explicit corrupt file is an error (no fallback)
-        CHECK(ckpt_resolve(newest, out, sizeof out, &err) != 0 && strstr(err.msg, newest), "corrupt file: %s",
-              err.msg);
+        CHECK(ckpt_resolve(newest, out, sizeof out, &err) != 0 && strstr(err.msg, newest), "corrupt file: %s", err.msg);
         // repair the newest, remove `latest`: the newest valid step file is used
         write_bytes(newest, orig, n);
         snprintf(p, sizeof p, "%s/latest", dir);
@@ -786,9 +787,10 @@ static int helper(const char *mode, const char *dir, const char *step_s) {
 
 int main(int argc, char **argv) {
     if (argc == 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
-        printf("usage: test_checkpoint                      run the checkpoint tests\n"
-               "       test_checkpoint --save-into DIR STEP save a deterministic tiny checkpoint into DIR\n"
-               "       test_checkpoint --check DIR STEP     resolve DIR, load, compare with that checkpoint\n");
+        printf(
+            "usage: test_checkpoint                      run the checkpoint tests\n"
+            "       test_checkpoint --save-into DIR STEP save a deterministic tiny checkpoint into DIR\n"
+            "       test_checkpoint --check DIR STEP     resolve DIR, load, compare with that checkpoint\n");
         return 0;
     }
     if (argc == 4 && (!strcmp(argv[1], "--save-into") || !strcmp(argv[1], "--check")))

@@ -39,10 +39,35 @@ static void refresh_crcs(uint8_t *b, size_t n) {
 }
 
 static uint32_t interesting32(uint64_t *r, size_t n) {
-    static const uint32_t vals[] = {0, 1, 2, 3, 7, 8, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0xFFFF, 0x10000, 0x7FFFFFFF,
-                                    0x80000000u, 0xFFFFFFFFu, 0xFFFFFFFEu, 1024, 1020, 62, 63, 64, 1025,
-                                    0x7F800000u /* +inf */, 0xFF800000u /* -inf */, 0x7FC00000u /* nan */,
-                                    0x3F800000u /* 1.0f */, 0xBF800000u /* -1.0f */, 0x00000001u /* denormal */};
+    static const uint32_t vals[] = {0,
+                                    1,
+                                    2,
+                                    3,
+                                    7,
+                                    8,
+                                    0x7F,
+                                    0x80,
+                                    0xFF,
+                                    0x100,
+                                    0x7FFF,
+                                    0xFFFF,
+                                    0x10000,
+                                    0x7FFFFFFF,
+                                    0x80000000u,
+                                    0xFFFFFFFFu,
+                                    0xFFFFFFFEu,
+                                    1024,
+                                    1020,
+                                    62,
+                                    63,
+                                    64,
+                                    1025,
+                                    0x7F800000u /* +inf */,
+                                    0xFF800000u /* -inf */,
+                                    0x7FC00000u /* nan */,
+                                    0x3F800000u /* 1.0f */,
+                                    0xBF800000u /* -1.0f */,
+                                    0x00000001u /* denormal */};
     uint32_t k = rnd(r, 4);
     if (k == 0) return (uint32_t)rng_next_u64(r);
     if (k == 1) return (uint32_t)n + rnd(r, 9) - 4;
@@ -50,12 +75,18 @@ static uint32_t interesting32(uint64_t *r, size_t n) {
 }
 static uint64_t interesting64(uint64_t *r, size_t n) {
     switch (rnd(r, 6)) {
-        case 0: return rng_next_u64(r);
-        case 1: return (uint64_t)n + rnd(r, 17) - 8;
-        case 2: return UINT64_MAX - rnd(r, 4);
-        case 3: return (uint64_t)INT64_MAX + rnd(r, 3);
-        case 4: return 0;
-        default: return (uint64_t)n / 3 + rnd(r, 9);
+        case 0:
+            return rng_next_u64(r);
+        case 1:
+            return (uint64_t)n + rnd(r, 17) - 8;
+        case 2:
+            return UINT64_MAX - rnd(r, 4);
+        case 3:
+            return (uint64_t)INT64_MAX + rnd(r, 3);
+        case 4:
+            return 0;
+        default:
+            return (uint64_t)n / 3 + rnd(r, 9);
     }
 }
 
@@ -116,8 +147,10 @@ int main(void) {
             }
             case 2: {  // the size / offset fields (16..72)
                 int f = (int)rnd(&r, 7);
-                if (f == 2) wr32(w + 32 + 4 * rnd(&r, 2), interesting32(&r, n));  // n_blocks, E
-                else wr64(w + 16 + 8 * f, interesting64(&r, n));                  // sizes, offsets
+                if (f == 2)
+                    wr32(w + 32 + 4 * rnd(&r, 2), interesting32(&r, n));  // n_blocks, E
+                else
+                    wr64(w + 16 + 8 * f, interesting64(&r, n));  // sizes, offsets
                 break;
             }
             case 3:  // config fields

@@ -55,6 +55,7 @@
 _Static_assert(sizeof(CkptTrainState) == 328, "CkptTrainState changed: update the checkpoint format (version)");
 _Static_assert(sizeof(DataLoaderState) == 32, "DataLoaderState changed: update the checkpoint format (version)");
 
+// clang-format off
 // Every ModelConfig field, in file order. i = int32, f = float32.
 #define CKPT_CONFIG_FIELDS(X)                                                                      \
     X(i, vocab_size) X(i, dim) X(i, n_layers) X(i, n_dense_layers) X(i, n_heads) X(i, q_lora_rank) \
@@ -69,6 +70,7 @@ _Static_assert(sizeof(DataLoaderState) == 32, "DataLoaderState changed: update t
     X(vocab_size) X(dim) X(n_layers) X(n_dense_layers) X(n_heads) X(q_lora_rank) X(kv_lora_rank)   \
     X(qk_nope_dim) X(qk_rope_dim) X(v_head_dim) X(inter_dim) X(moe_inter_dim) X(n_routed_experts)  \
     X(n_shared_experts) X(mtp_depth) X(max_seq_len)
+// clang-format on
 
 // ---------------------------------------------------------------------------------------
 // Little-endian field encoding into a byte buffer
@@ -194,8 +196,8 @@ static int state_validate(const CkptTrainState *s, MoeErr *err) {
     if (s->good_steps < 0 || s->bad_steps < 0)
         return moe_err_set(err, "good_steps %d / bad_steps %d must be >= 0", s->good_steps, s->bad_steps);
     if (s->train_loader.epoch < 0 || s->train_loader.position < 0)
-        return moe_err_set(err, "dataloader epoch %lld / position %lld must be >= 0",
-                           (long long)s->train_loader.epoch, (long long)s->train_loader.position);
+        return moe_err_set(err, "dataloader epoch %lld / position %lld must be >= 0", (long long)s->train_loader.epoch,
+                           (long long)s->train_loader.position);
     if (s->train_loader.shuffle != 0 && s->train_loader.shuffle != 1)
         return moe_err_set(err, "dataloader shuffle flag %d must be 0 or 1", s->train_loader.shuffle);
     if (s->batch_size < 0 || s->seq_len < 0 || s->grad_accum < 0 || s->warmup_steps < 0 || s->max_steps < 0)
@@ -246,9 +248,12 @@ static void fsync_parent_dir(const char *path) {
     char dir[4096];
     snprintf(dir, sizeof dir, "%s", path);
     char *slash = strrchr(dir, '/');
-    if (!slash) snprintf(dir, sizeof dir, ".");
-    else if (slash == dir) dir[1] = '\0';
-    else *slash = '\0';
+    if (!slash)
+        snprintf(dir, sizeof dir, ".");
+    else if (slash == dir)
+        dir[1] = '\0';
+    else
+        *slash = '\0';
     int fd = open(dir, O_RDONLY);
     if (fd < 0) return;
     (void)fsync(fd);
@@ -377,8 +382,10 @@ static int writer_put(Writer *w, const void *data, size_t n, MoeErr *err) {
 int ckpt_save(const char *path, const Model *m, const CkptTrainState *st, MoeErr *err) {
     if (!path || !*path) return moe_err_set(err, "checkpoint: empty output path");
     MoeErr e2;
-    if (config_validate(&m->cfg, &e2) != 0 || dims_fit_int(&m->cfg, &e2) != 0) return moe_err_set(err, "cannot save checkpoint '%s': %s", path, e2.msg);
-    if (state_validate(st, &e2) != 0) return moe_err_set(err, "cannot save checkpoint '%s': train state: %s", path, e2.msg);
+    if (config_validate(&m->cfg, &e2) != 0 || dims_fit_int(&m->cfg, &e2) != 0)
+        return moe_err_set(err, "cannot save checkpoint '%s': %s", path, e2.msg);
+    if (state_validate(st, &e2) != 0)
+        return moe_err_set(err, "cannot save checkpoint '%s': train state: %s", path, e2.msg);
     if (model_layout(&m->cfg, NULL, NULL) != m->num_params)
         return moe_err_set(err, "cannot save checkpoint '%s': the model's num_params %zu does not match its config",
                            path, m->num_params);
@@ -490,7 +497,8 @@ static int ckpt_open(const char *path, int *fd_out, CkptInfo *info, MoeErr *err)
     uint32_t stored_hcrc = get_u32(&hc);
     uint32_t hcrc = crc32c(0, h, CKPT_HEADER_CRC_OFF);
     if (hcrc != stored_hcrc) {
-        moe_err_set(err, "checkpoint '%s': header checksum mismatch (stored %08x, computed %08x): the header is corrupt",
+        moe_err_set(err,
+                    "checkpoint '%s': header checksum mismatch (stored %08x, computed %08x): the header is corrupt",
                     path, stored_hcrc, hcrc);
         goto fail;
     }
@@ -559,7 +567,8 @@ static int ckpt_open(const char *path, int *fd_out, CkptInfo *info, MoeErr *err)
     if (fsize != file_size) {
         const char *where = "the trailing checksum";
         for (int i = 3; i >= 0; i--)
-            if (fsize < want[i] + (i < 3 ? num_params * sizeof(float) : (uint64_t)n_blocks * E * sizeof(float))) where = sec[i];
+            if (fsize < want[i] + (i < 3 ? num_params * sizeof(float) : (uint64_t)n_blocks * E * sizeof(float)))
+                where = sec[i];
         if (fsize < file_size)
             moe_err_set(err, "checkpoint '%s' is truncated: %llu bytes of %llu (cut inside section %s)", path,
                         (unsigned long long)fsize, (unsigned long long)file_size, where);
@@ -586,7 +595,8 @@ static int verify_fd(const char *path, int fd, const CkptInfo *info, MoeErr *err
         if (pread_all(fd, buf, k, off) != 0) {
             int e = errno;
             free(buf);
-            return moe_err_set(err, "cannot read checkpoint '%s': %s", path, e ? strerror(e) : "file shrank while reading");
+            return moe_err_set(err, "cannot read checkpoint '%s': %s", path,
+                               e ? strerror(e) : "file shrank while reading");
         }
         crc = crc32c(crc, buf, k);
         off += k;
@@ -631,8 +641,9 @@ int ckpt_load(const char *path, Model *m, CkptTrainState *st, int load_optimizer
     if (!ckpt_shapes_match(&info.cfg, &m->cfg, &e)) {
         rc = moe_err_set(err, "checkpoint '%s' does not fit this model: %s (checkpoint vs model)", path, e.msg);
     } else if (m->num_params != info.num_params || !m->params || !m->m || !m->v || !m->bias) {
-        rc = moe_err_set(err, "checkpoint '%s' does not fit this model: %llu parameters vs %zu (model not initialised?)",
-                         path, (unsigned long long)info.num_params, m->num_params);
+        rc =
+            moe_err_set(err, "checkpoint '%s' does not fit this model: %llu parameters vs %zu (model not initialised?)",
+                        path, (unsigned long long)info.num_params, m->num_params);
     }
     // the whole file is checked before anything in the model is touched
     if (rc == 0) rc = verify_fd(path, fd, &info, err);
@@ -649,10 +660,10 @@ int ckpt_load(const char *path, Model *m, CkptTrainState *st, int load_optimizer
 }
 
 int ckpt_shapes_match(const ModelConfig *a, const ModelConfig *b, MoeErr *err) {
-#define CMP_FIELD(f)                                                                                          \
-    if (a->f != b->f) {                                                                                       \
-        moe_err_set(err, #f " differs (%d vs %d): changing it changes a tensor's shape", a->f, b->f);         \
-        return 0;                                                                                             \
+#define CMP_FIELD(f)                                                                                  \
+    if (a->f != b->f) {                                                                               \
+        moe_err_set(err, #f " differs (%d vs %d): changing it changes a tensor's shape", a->f, b->f); \
+        return 0;                                                                                     \
     }
     CKPT_SHAPE_FIELDS(CMP_FIELD)
 #undef CMP_FIELD
@@ -795,7 +806,8 @@ static int read_latest(const char *dir, char *name, size_t n) {
 }
 
 static int copy_out(char *out, size_t outlen, const char *path, MoeErr *err) {
-    if (strlen(path) >= outlen) return moe_err_set(err, "checkpoint path '%s' is too long for the caller's buffer", path);
+    if (strlen(path) >= outlen)
+        return moe_err_set(err, "checkpoint path '%s' is too long for the caller's buffer", path);
     memcpy(out, path, strlen(path) + 1);
     return 0;
 }
@@ -820,7 +832,8 @@ static int resolve_dir(const char *dir, char *out, size_t outlen, MoeErr *err) {
         }
         if (n > 0) fprintf(stderr, "warning: %s; falling back to an older checkpoint\n", e.msg);
     } else if (n > 0) {
-        fprintf(stderr, "warning: run directory '%s' has no valid 'latest' pointer; using its newest valid step checkpoint\n",
+        fprintf(stderr,
+                "warning: run directory '%s' has no valid 'latest' pointer; using its newest valid step checkpoint\n",
                 dir);
     }
     for (int i = 0; i < n; i++) {
