@@ -409,7 +409,20 @@ size_t dict_normalize(char *text, size_t n, int style) {
             if (b.n > 0) buf_put(&b, "\n\n", 2);
             for (int s2 = base; s2 < indent; s2++) buf_putc(&b, ' ');
             in_para = 1;
-        } else if (((indent == prev_indent || indent == hang) && prev_len >= 45 && !is_list_marker(c, cl)) ||
+            // a hanging indent ("Diametral curve (Geom.), any line or\n      surface which ..."):
+            // the deeper lines that follow a long first line continue it
+            if (indent > 0 && li + 1 < nl && lines[li + 1].len > 0 && lines[li + 1].indent > indent &&
+                cl >= 48 &&
+                !is_list_marker(a.p + lines[li + 1].start, lines[li + 1].len)) {
+                buf_put(&b, c, cl);
+                buf_putc(&b, ' ');
+                li++;
+                c = a.p + lines[li].start;
+                cl = lines[li].len;
+                indent = lines[li].indent;
+                hang = indent;
+            }
+        } else if (((indent == prev_indent || indent == hang) && prev_len >= 48 && !is_list_marker(c, cl)) ||
                    (prev_open > 0 && !is_list_marker(c, cl))) {
             buf_putc(&b, ' ');
             if (indent != prev_indent && indent != hang) hang = indent;  // continuation of a wrapped headword
@@ -427,7 +440,7 @@ size_t dict_normalize(char *text, size_t n, int style) {
         prev_open = prev_open > 0 && indent != prev_indent ? prev_open + open_brackets(c, cl) : open_brackets(c, cl);
         if (prev_open < 0) prev_open = 0;
         prev_indent = indent;
-        prev_len = cl + (size_t)indent;
+        prev_len = cl;  // wrapped prose fills its lines; verse and code lines are shorter
     }
     if (b.n > 0) buf_putc(&b, '\n');
     free(lines);
@@ -435,14 +448,16 @@ size_t dict_normalize(char *text, size_t n, int style) {
     Buf r = {0};
     for (size_t p = 0; p < b.n; p++) {
         if (b.p[p] == '{') {
-            size_t q = p + 1;
-            while (q < b.n && q - p < 120 && b.p[q] != '}' && b.p[q] != '{' && b.p[q] != ';') q++;
-            if (q < b.n && b.p[q] == '}' && q > p + 1) {
-                size_t s0 = p + 1, s1 = q;
+            size_t open = (p + 1 < b.n && b.p[p + 1] == '{') ? 2 : 1;  // GCIDE also has {{word}}
+            size_t q = p + open;
+            while (q < b.n && q - p < 400 && b.p[q] != '}' && b.p[q] != '{' && b.p[q] != ';') q++;
+            if (q < b.n && b.p[q] == '}' && q > p + open) {
+                size_t s0 = p + open, s1 = q;
                 while (s0 < s1 && b.p[s0] == ' ') s0++;
                 while (s1 > s0 && b.p[s1 - 1] == ' ') s1--;
                 buf_put(&r, b.p + s0, s1 - s0);
                 p = q;
+                if (open == 2 && p + 1 < b.n && b.p[p + 1] == '}') p++;
                 continue;
             }
         }

@@ -112,7 +112,7 @@ static void test_normalize(void) {
             " /dev·nuhl/, n.\n"
             "\n"
             "    [from the Unix null device, used as a data sink] A notional ‘black hole’ in\n"
-            "    any information space being discussed. See {bit\n"
+            "    any information space being discussed, referred to or used. See {bit\n"
             "    bucket} and { crippleware}.\n"
             "\n"
             "        int main() { return 0; }\n"
@@ -122,12 +122,18 @@ static void test_normalize(void) {
             "/dev·nuhl/, n.\n"
             "\n"
             "[from the Unix null device, used as a data sink] A notional ‘black hole’ in any information space being "
-            "discussed. See bit bucket and crippleware.\n"
+            "discussed, referred to or used. See bit bucket and crippleware.\n"
             "\n"
             "int main() { return 0; }\n"
             "x = y;\n";
         char *got = norm(in, DICT_PLAIN);
         CHECK(strcmp(got, want) == 0, "got:\n%s\nwant:\n%s", got, want);
+        free(got);
+        got = norm("Verse\n\n      For wisdom is most riches; fools therefore\n      They are which fortunes do by vows "
+                   "devise.\n", DICT_PLAIN);
+        CHECK(strcmp(got, "Verse\n\nFor wisdom is most riches; fools therefore\nThey are which fortunes do by vows "
+                          "devise.\n") == 0,
+              "verse lines kept: '%s'", got);
         free(got);
         got = norm("(TM)\n //\n\n    Text.\n", DICT_PLAIN);
         CHECK(strcmp(got, "(TM)\n\nText.\n") == 0, "empty pronunciation dropped: '%s'", got);
