@@ -539,6 +539,12 @@ int main(int argc, char **argv) {
             in->bytes[which[i]] += (int64_t)c.docs[i].len;
         }
     }
+    for (int64_t i = 0; i < c.n_docs; i++)  // documents left out by the caps are not needed any more
+        if (which[i] < 0) {
+            free(c.docs[i].text);
+            c.docs[i].text = NULL;
+            c.docs[i].len = 0;
+        }
     if (a.dump) {
         FILE *fp = fopen(a.dump, "wb");
         if (!fp) die("cannot create '%s': %s", a.dump, strerror(errno));
