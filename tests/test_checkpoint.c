@@ -670,12 +670,43 @@ static void test_run_dir(void) {
         capture_end(&cap, warn, sizeof warn);
         CHECK(rc == 0 && strcmp(out, older) == 0, "truncated newest: %s / %s", out, err.msg);
         CHECK(strstr(warn, newest) && strstr(warn, "truncated"), "warning: '%s'", warn);
-        // both corrupt: an error, not a crash
+        // both step files corrupt: best.ckpt (step 2) is the last resort
         write_bytes(older, "MOECKPT", 7);
         capture_begin(&cap);
         rc = ckpt_resolve(dir, out, sizeof out, &err);
         capture_end(&cap, warn, sizeof warn);
-        CHECK(rc != 0 && strstr(err.msg, "no valid checkpoint") && strstr(err.msg, dir), "both corrupt: %s", err.msg);
+        CHECK(rc == 0 && strstr(out, "best.ckpt"), "best.ckpt as last resort: %s / %s", out, err.msg);
+        CHECK(strstr(warn, older) && strstr(warn, "best.ckpt"), "warnings: '%s'", warn);
+        // everything corrupt: an error, not a crash
+        char best[320], best_saved[320];
+        snprintf(best, sizeof best, "%s/best.ckpt", dir);
+        snprintf(best_saved, sizeof best_saved, "%s/best.saved", dir);
+        CHECK(rename(best, best_saved) == 0, "rename best");
+        write_bytes(best, "MOECKPT\0\1\0\0\0", 12);
+        capture_begin(&cap);
+        rc = ckpt_resolve(dir, out, sizeof out, &err);
+        capture_end(&cap, warn, sizeof warn);
+        CHECK(rc != 0 && strstr(err.msg, "no valid checkpoint") && strstr(err.msg, dir), "all corrupt: %s", err.msg);
+        CHECK(rename(best_saved, best) == 0, "rename best back");
+        // odd names in the directory are ignored or refused, never a crash: too few digits, a
+        // digit overflow, another suffix, a directory that looks like a checkpoint
+        const char *odd[] = {"step_1.ckpt", "step_99999999999999999999999.ckpt", "step_00000006.ckpt.bak"};
+        for (int i = 0; i < 3; i++) {
+            snprintf(p, sizeof p, "%s/%s", dir, odd[i]);
+            write_bytes(p, "x", 1);
+        }
+        snprintf(p, sizeof p, "%s/step_00000003.ckpt", dir);
+        CHECK(mkdir(p, 0755) == 0, "mkdir");
+        capture_begin(&cap);
+        rc = ckpt_resolve(dir, out, sizeof out, &err);
+        capture_end(&cap, warn, sizeof warn);
+        CHECK(rc == 0 && strstr(out, "best.ckpt"), "odd names: %s / %s", out, err.msg);
+        CHECK(strstr(warn, "step_00000003.ckpt") && strstr(warn, "not a regular file"), "warnings: '%s'", warn);
+        rmdir(p);
+        for (int i = 0; i < 3; i++) {
+            snprintf(p, sizeof p, "%s/%s", dir, odd[i]);
+            unlink(p);
+        }
         // an explicit corrupt file is an error (no fallback)
         CHECK(ckpt_resolve(newest, out, sizeof out, &err) != 0 && strstr(err.msg, newest), "corrupt file: %s", err.msg);
         // repair the newest, remove `latest`: the newest valid step file is used

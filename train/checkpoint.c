@@ -849,6 +849,16 @@ static int resolve_dir(const char *dir, char *out, size_t outlen, MoeErr *err) {
         fprintf(stderr, "warning: %s; falling back to an older checkpoint\n", e.msg);
     }
     free(steps);
+    // last resort: best.ckpt (a complete checkpoint of an earlier step)
+    snprintf(path, sizeof path, "%s/best.ckpt", dir);
+    if (file_exists(path) && !(have_latest && strcmp(name, "best.ckpt") == 0)) {
+        tried++;
+        if (ckpt_verify(path, &e) == 0) {
+            fprintf(stderr, "warning: no valid step checkpoint in '%s'; resuming from '%s'\n", dir, path);
+            return copy_out(out, outlen, path, err);
+        }
+        fprintf(stderr, "warning: %s\n", e.msg);
+    }
     if (tried == 0)
         return moe_err_set(err, "run directory '%s' holds no checkpoint (no 'latest' pointer and no step_*.ckpt)", dir);
     return moe_err_set(err, "no valid checkpoint in '%s' (%d tried; the last: %s)", dir, tried, e.msg);

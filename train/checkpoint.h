@@ -63,7 +63,9 @@ int ckpt_shapes_match(const ModelConfig *a, const ModelConfig *b, MoeErr *err);
 int ckpt_save_in_dir(const char *dir, const Model *m, const CkptTrainState *st, int keep, int is_best, MoeErr *err);
 // Resolve a --resume argument: a .ckpt file, or a run directory / run name (then `latest`, and
 // when that file is corrupt, the newest older step checkpoint that validates, with a warning
-// on stderr naming the bad file). Writes the chosen path into out.
+// on stderr naming the bad file; best.ckpt as the last resort). Writes the chosen path into out.
+// Test hook: the environment variable MOE_CKPT_PAUSE_MS=N makes ckpt_save sleep N ms halfway
+// through writing its tmp file (after printing "ckpt: pausing ..." on stderr).
 int ckpt_resolve(const char *arg, char *out, size_t outlen, MoeErr *err);
 
 #endif
