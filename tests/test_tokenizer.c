@@ -206,8 +206,8 @@ static void test_long_pieces(void) {
     Tokenizer *tok = tokenizer_load_json(json, strlen(json), "xx.json", &err);
     CHECK(tok != NULL, "load: %s", tok ? "" : err.msg);
     if (tok) {
-        int lens[] = {1, 2, 3, 40, 47, 48, 49, 100, 101, 102, 103, 5000};
-        for (int k = 0; k < 12; k++) {
+        int lens[] = {1, 2, 3, 40, 47, 48, 49, 63, 64, 65, 66, 100, 101, 102, 103, 5000};
+        for (int k = 0; k < 16; k++) {
             int n = lens[k];
             char *s = malloc((size_t)n);
             memset(s, 'x', (size_t)n);

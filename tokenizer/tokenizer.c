@@ -892,32 +892,33 @@ static size_t bpe_merge(TokEncoder *e, size_t m) {
     const Tokenizer *tok = e->tok;
     int32_t *sym = e->sym;
     if (m < 2 || tok->n_merges == 0) return m;
-    if (m <= 48) {  // short pieces: repeated scans
-        for (;;) {
-            int32_t best = INT32_MAX, best_id = -1;
-            size_t bi = 0;
-            for (size_t i = 0; i + 1 < m; i++) {
-                const TokPairSlot *s = pairmap_get(&tok->merge_map, sym[i], sym[i + 1]);
-                if (s && s->rank < best) {
-                    best = s->rank;
-                    best_id = s->id;
-                    bi = i;
-                }
-            }
-            if (best_id < 0) return m;
-            int32_t a = sym[bi], b = sym[bi + 1];
-            size_t w = bi;
-            for (size_t i = bi; i < m;) {
-                if (i + 1 < m && sym[i] == a && sym[i + 1] == b) {
-                    sym[w++] = best_id;
-                    i += 2;
-                } else {
-                    sym[w++] = sym[i++];
-                }
-            }
-            m = w;
-            if (m < 2) return m;
+    if (m <= 64) {  // short pieces: rank of every adjacent pair, rescanned after each merge
+        int32_t rank[64], mid[64];
+        for (size_t i = 0; i + 1 < m; i++) {
+            const TokPairSlot *s = pairmap_get(&tok->merge_map, sym[i], sym[i + 1]);
+            rank[i] = s ? s->rank : INT32_MAX;
+            mid[i] = s ? s->id : -1;
         }
+        while (m > 1) {
+            size_t bi = 0;
+            for (size_t i = 1; i + 1 < m; i++)
+                if (rank[i] < rank[bi]) bi = i;  // strict: leftmost of equal ranks
+            if (rank[bi] == INT32_MAX) break;
+            sym[bi] = mid[bi];
+            // drop symbol bi+1 and pair bi+1 (pair bi is replaced below)
+            memmove(sym + bi + 1, sym + bi + 2, (m - bi - 2) * sizeof(int32_t));
+            if (bi + 2 < m) {
+                memmove(rank + bi + 1, rank + bi + 2, (m - bi - 3) * sizeof(int32_t));
+                memmove(mid + bi + 1, mid + bi + 2, (m - bi - 3) * sizeof(int32_t));
+            }
+            m--;
+            for (size_t j = bi ? bi - 1 : 0; j <= bi && j + 1 < m; j++) {
+                const TokPairSlot *s = pairmap_get(&tok->merge_map, sym[j], sym[j + 1]);
+                rank[j] = s ? s->rank : INT32_MAX;
+                mid[j] = s ? s->id : -1;
+            }
+        }
+        return m;
     }
     // long pieces: linked list + heap of (rank, position), stale entries skipped
     int32_t *prv = e->prv, *nxt = e->nxt;
