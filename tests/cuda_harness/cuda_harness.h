@@ -84,8 +84,9 @@ void moe_hx_syncthreads(const char *file, int line);
 uint64_t moe_hx_warp_op(int op, unsigned mask, uint64_t value, int arg, int width, const char *file, int line);
 
 #define __syncthreads() moe_hx_syncthreads(__FILE__, __LINE__)
-#define __syncwarp(...) moe_hx_syncwarp_(__FILE__, __LINE__, ##__VA_ARGS__)
-static inline void moe_hx_syncwarp_(const char *file, int line, unsigned mask = 0xffffffffu) {
+#define __syncwarp(...) moe_hx_syncwarp_(__FILE__, __LINE__, moe_hx_mask_(__VA_ARGS__))
+static inline unsigned moe_hx_mask_(unsigned mask = 0xffffffffu) { return mask; }
+static inline void moe_hx_syncwarp_(const char *file, int line, unsigned mask) {
     moe_hx_warp_op(MOE_HX_OP_SYNCWARP, mask, 0, 0, 32, file, line);
 }
 

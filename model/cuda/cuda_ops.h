@@ -1,0 +1,123 @@
+// C interface of the CUDA backend (model/cuda/*.cu). Every pointer argument is DEVICE memory
+// (under the CUDA-on-CPU harness device memory is host memory). Shapes and semantics follow
+// the CPU reference (model/layers.h, model/cpu/moe.c): same names, same row-major layouts,
+// backward functions ACCUMULATE (+=) into parameter and input gradients unless said.
+// fp32 throughout; every function is asynchronous on the default stream unless it says it
+// synchronises (only cu_download and cu_sync do).
+#ifndef MOE_CUDA_OPS_H
+#define MOE_CUDA_OPS_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// ---- device memory ----------------------------------------------------------------------
+void *cu_malloc(size_t bytes);  // exits with a message on failure
+void cu_free(void *p);
+void cu_upload(void *dst, const void *src, size_t bytes);
+void cu_download(void *dst, const void *src, size_t bytes);  // synchronises
+void cu_zero(void *p, size_t bytes);
+void cu_sync(void);
+// "cuda" (nvcc build) or "cuda-harness" (g++ build through tests/cuda_harness)
+const char *cu_backend(void);
+
+// ---- GEMM (row-major, the semantics of common/gemm.h; cuBLAS under nvcc, the CPU gemm()
+// under the harness) -------------------------------------------------------------------------
+void cu_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+             int ldb, float beta, float *C, int ldc);
+// out (N, OC) = inp (N, IC) @ weight (OC, IC)^T
+void cu_matmul_forward(float *out, const float *inp, const float *weight, int N, int IC, int OC);
+// dinp (N, IC) += dout @ weight; dweight (OC, IC) += dout^T @ inp; either may be NULL
+void cu_matmul_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight, int N,
+                        int IC, int OC);
+
+// ---- embedding ------------------------------------------------------------------------------
+void cu_encoder_forward(float *out, const int *inp, const float *wte, int N, int C);
+// deterministic: one thread per channel adds the tokens in order (as the CPU reference)
+void cu_encoder_backward(float *dwte, const float *dout, const int *inp, int N, int C);
+
+// ---- RMSNorm ----------------------------------------------------------------------------------
+void cu_rmsnorm_forward(float *out, float *rstd, const float *inp, int in_stride, const float *weight, int N, int C,
+                        float eps);
+// fused residual: x_out (N, C) = a + b, then out = rmsnorm(x_out)
+void cu_residual_rmsnorm_forward(float *x_out, float *out, float *rstd, const float *a, const float *b,
+                                 const float *weight, int N, int C, float eps);
+void cu_rmsnorm_backward(float *dinp, int dinp_stride, float *dweight, const float *dout, const float *inp,
+                         int in_stride, const float *weight, const float *rstd, int N, int C);
+
+// ---- elementwise --------------------------------------------------------------------------------
+// y (n) = a + b (out-of-place residual add; y may alias a)
+void cu_add(float *y, const float *a, const float *b, long n);
+void cu_rope_apply(float *x, int N, int n_heads, int tok_stride, int head_stride, int d, const int *pos,
+                   float theta, int inverse);
+void cu_swiglu_forward(float *out, const float *h1, const float *h3, long n);
+void cu_swiglu_backward(float *dh1, float *dh3, const float *dout, const float *h1, const float *h3, long n);
+
+// ---- causal attention, flash style (online softmax; saves lse instead of the probabilities) --
+// q, k (B, T, H, dqk), v (B, T, H, dv) -> out (B, T, H, dv); lse (B, H, T): log-sum-exp of the
+// scaled scores of each query row. dqk, dv <= 256.
+void cu_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int H,
+                          int dqk, int dv, float scale);
+// dq, dk, dv accumulate; scratch: B*H*T floats.
+void cu_attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout, const float *out,
+                           const float *lse, const float *q, const float *k, const float *v, int B, int T, int H,
+                           int dqk, int dv_dim, float scale);
+
+// ---- cross-entropy ------------------------------------------------------------------------------
+// lse (N); loss_out (1): mean loss over targets >= 0 (0 when none); n_valid_out (1); scratch: N
+// floats. Nothing is copied to the host.
+void cu_crossentropy_forward(float *lse, float *loss_out, int *n_valid_out, float *scratch, const float *logits,
+                             const int *targets, int N, int V);
+// In place: logits -> (softmax - onehot) * dloss / n_valid (n_valid read from device memory)
+void cu_crossentropy_backward(float *logits, const float *lse, const int *targets, int N, int V, float dloss,
+                              const int *n_valid);
+
+// ---- MoE routing, dispatch, combine ---------------------------------------------------------
+// scores (N, E) from logits with sigmoid (score_func 0) or softmax (1)
+void cu_moe_scores(float *scores, const float *logits, int N, int E, int score_func);
+// moe_route_token for every token: sel (N, K), wts (N, K); bias (E) or NULL; E <= 256,
+// n_groups <= 64, E % n_groups == 0. Returns -1 (and prints nothing) when a size is unsupported.
+int cu_moe_route(int *sel, float *wts, const float *scores, const float *bias, int N, int E, int K, int n_groups,
+                 int n_limited_groups, int score_func, float route_scale);
+// capacity in token order (cap = max rows per expert), expert_off (E + 1), row_of (N*K, -1 when
+// dropped), perm (N*K: assignment of each sorted row), load (E): assignments before dropping
+// (float counts, ADDED to), dropped (1, ADDED to). No host synchronisation.
+void cu_moe_dispatch(int *row_of, int *perm, int *expert_off, float *load, float *dropped, const int *sel, int N,
+                     int K, int E, long cap);
+// xe (rows, C) = x[perm[r] / K] for r < expert_off[E] (rows beyond are left alone)
+void cu_moe_gather(float *xe, const float *x, const int *perm, const int *expert_off, int N, int K, int C, int E);
+// grouped GEMM over the experts' contiguous row blocks (sizes read on device):
+//   out[r] = inp[r] @ W_e^T for r in [off[e], off[e+1]), W_e = w + e*OC*IC (OC, IC)
+void cu_grouped_matmul_forward(float *out, const float *inp, const float *w, const int *expert_off, int E,
+                               int max_rows, int IC, int OC);
+// dinp[r] += dout[r] @ W_e; dw_e += dout_e^T @ inp_e (either may be NULL)
+void cu_grouped_matmul_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
+                                const int *expert_off, int E, int max_rows, int IC, int OC);
+// y (N, C) += sum_k wts[n,k] * ey[row_of[n,k]] (skipping dropped)
+void cu_moe_combine(float *y, const float *ey, const float *wts, const int *row_of, int N, int K, int C);
+// dey (rows, C) = w * dy[token]; dwts (N, K) = dy[token] . ey[row] (0 for dropped)
+void cu_moe_combine_backward(float *dey, float *dwts, const float *dy, const float *ey, const float *wts,
+                             const int *perm, const int *row_of, const int *expert_off, int N, int K, int C, int E);
+// dx (N, C) += sum_k dxe[row_of[n,k]]
+void cu_moe_scatter_add(float *dx, const float *dxe, const int *row_of, int N, int K, int C);
+// gate backward (no auxiliary loss): dlogits (N, E) from dwts through the renormalisation and
+// the score function (moe_backward's per-token block without the aux term)
+void cu_moe_gate_backward(float *dlogits, const float *dwts, const float *scores, const int *sel, int N, int E,
+                          int K, int score_func, float route_scale);
+
+// ---- optimizer ----------------------------------------------------------------------------------
+// out (1) = sqrt(sum g^2) over n values; scratch >= 1024 floats
+void cu_global_norm(float *out, const float *g, size_t n, float *scratch);
+// AdamW on a contiguous range (one tensor): lm_adamw of model/layer_math.h per element
+void cu_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2, float eps,
+              float wd, float grad_scale, float b1c, float b2c);
+// loss-free balancing: b_i += gamma * sign(mean(load) - load_i), for one MoE layer
+void cu_bias_update(float *bias, const float *load, int E, float gamma);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

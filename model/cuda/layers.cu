@@ -1,0 +1,227 @@
+// CUDA layers: embedding, RMSNorm (with the fused residual add), elementwise ops, RoPE,
+// SwiGLU, cross-entropy. Semantics of model/layers.h; formulas from model/layer_math.h.
+#include "cuda_common.cuh"
+#include "cuda_ops.h"
+
+// ---- embedding ------------------------------------------------------------------------------
+
+__global__ void encoder_forward_kernel(float *out, const int *inp, const float *wte, int N, int C) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long)N * C) return;
+    long n = i / C, c = i % C;
+    out[i] = wte[(long)inp[n] * C + c];
+}
+
+// one thread per channel, tokens in order: deterministic, same order as the CPU reference
+__global__ void encoder_backward_kernel(float *dwte, const float *dout, const int *inp, int N, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    for (int n = 0; n < N; n++) dwte[(long)inp[n] * C + c] += dout[(long)n * C + c];
+}
+
+// ---- RMSNorm: one warp per row ---------------------------------------------------------------
+
+__global__ void rmsnorm_forward_kernel(float *out, float *rstd, const float *inp, int in_stride, const float *weight,
+                                       int N, int C, float eps) {
+    int lane = threadIdx.x % 32;
+    int n = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (n >= N) return;  // whole warps only
+    const float *x = inp + (long)n * in_stride;
+    float ss = 0.0f;
+    for (int c = lane; c < C; c += 32) ss += x[c] * x[c];
+    ss = warp_sum(ss);
+    float r = 1.0f / sqrtf(ss / (float)C + eps);
+    if (lane == 0) rstd[n] = r;
+    float *o = out + (long)n * C;
+    for (int c = lane; c < C; c += 32) o[c] = x[c] * r * weight[c];
+}
+
+__global__ void residual_rmsnorm_forward_kernel(float *x_out, float *out, float *rstd, const float *a, const float *b,
+                                                const float *weight, int N, int C, float eps) {
+    int lane = threadIdx.x % 32;
+    int n = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (n >= N) return;
+    const float *ar = a + (long)n * C, *br = b + (long)n * C;
+    float *xr = x_out + (long)n * C;
+    float ss = 0.0f;
+    for (int c = lane; c < C; c += 32) {
+        float x = ar[c] + br[c];
+        xr[c] = x;
+        ss += x * x;
+    }
+    ss = warp_sum(ss);
+    float r = 1.0f / sqrtf(ss / (float)C + eps);
+    if (lane == 0) rstd[n] = r;
+    float *o = out + (long)n * C;
+    for (int c = lane; c < C; c += 32) o[c] = xr[c] * r * weight[c];  // a lane reads only what it wrote
+}
+
+// dx += r * dy * w - r^3 / C * x * sum(dy * w * x)
+__global__ void rmsnorm_backward_dx_kernel(float *dinp, int dinp_stride, const float *dout, const float *inp,
+                                           int in_stride, const float *weight, const float *rstd, int N, int C) {
+    int lane = threadIdx.x % 32;
+    int n = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (n >= N) return;
+    const float *x = inp + (long)n * in_stride, *dy = dout + (long)n * C;
+    float *dx = dinp + (long)n * dinp_stride;
+    float r = rstd[n], dot = 0.0f;
+    for (int c = lane; c < C; c += 32) dot += dy[c] * weight[c] * x[c];
+    dot = warp_sum(dot);
+    float k = r * r * r * dot / (float)C;
+    for (int c = lane; c < C; c += 32) dx[c] += r * dy[c] * weight[c] - k * x[c];
+}
+
+// dweight[c] += sum_n dy x r: one thread per channel, tokens in order (deterministic)
+__global__ void rmsnorm_backward_dw_kernel(float *dweight, const float *dout, const float *inp, int in_stride,
+                                           const float *rstd, int N, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float acc = 0.0f;
+    for (int n = 0; n < N; n++) acc += dout[(long)n * C + c] * inp[(long)n * in_stride + c] * rstd[n];
+    dweight[c] += acc;
+}
+
+// ---- elementwise -------------------------------------------------------------------------------
+
+__global__ void add_kernel(float *y, const float *a, const float *b, long n) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = a[i] + b[i];
+}
+
+// one thread per (token, head, pair)
+__global__ void rope_kernel(float *x, int N, int n_heads, int tok_stride, int head_stride, int d, const int *pos,
+                            float theta, float sign) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    int half = d / 2;
+    if (i >= (long)N * n_heads * half) return;
+    int p = (int)(i % half);
+    long nh = i / half;
+    int h = (int)(nh % n_heads);
+    long n = nh / n_heads;
+    float *v = x + n * tok_stride + (long)h * head_stride;
+    lm_rotate(&v[2 * p], &v[2 * p + 1], lm_rope_angle(pos[n], p, d, theta), sign);
+}
+
+__global__ void swiglu_forward_kernel(float *out, const float *h1, const float *h3, long n) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = lm_silu(h1[i]) * h3[i];
+}
+
+__global__ void swiglu_backward_kernel(float *dh1, float *dh3, const float *dout, const float *h1, const float *h3,
+                                       long n) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    dh1[i] += dout[i] * h3[i] * lm_dsilu(h1[i]);
+    dh3[i] += dout[i] * lm_silu(h1[i]);
+}
+
+// ---- cross-entropy: one block per row ------------------------------------------------------------
+
+__global__ void crossentropy_forward_kernel(float *lse, float *row_loss, const float *logits, const int *targets,
+                                            int V) {
+    SHARED_ARRAY(float, scratch, 32);
+    int n = blockIdx.x;
+    const float *row = logits + (long)n * V;
+    float mx = -FLT_MAX;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) mx = fmaxf(mx, row[i]);
+    mx = block_max(mx, scratch);
+    float sum = 0.0f;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) sum += expf(row[i] - mx);
+    sum = block_sum(sum, scratch);
+    if (threadIdx.x == 0) {
+        float l = mx + logf(sum);
+        lse[n] = l;
+        row_loss[n] = targets[n] >= 0 ? l - row[targets[n]] : 0.0f;
+    }
+}
+
+// one block: the mean over valid rows, in a fixed order (deterministic)
+__global__ void crossentropy_mean_kernel(float *loss_out, int *n_valid_out, const float *row_loss, const int *targets,
+                                         int N) {
+    SHARED_ARRAY(float, scratch, 32);
+    float s = 0.0f, cnt = 0.0f;
+    for (int n = threadIdx.x; n < N; n += blockDim.x) {
+        s += row_loss[n];
+        cnt += targets[n] >= 0 ? 1.0f : 0.0f;
+    }
+    s = block_sum(s, scratch);
+    cnt = block_sum(cnt, scratch);
+    if (threadIdx.x == 0) {
+        int nv = (int)(cnt + 0.5f);
+        n_valid_out[0] = nv;
+        loss_out[0] = nv ? s / (float)nv : 0.0f;
+    }
+}
+
+__global__ void crossentropy_backward_kernel(float *logits, const float *lse, const int *targets, int N, int V,
+                                             float dloss, const int *n_valid) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long)N * V) return;
+    int n = (int)(i / V), c = (int)(i % V);
+    int nv = n_valid[0];
+    float scale = nv ? dloss / (float)nv : 0.0f;
+    int t = targets[n];
+    if (t < 0) {
+        logits[i] = 0.0f;
+        return;
+    }
+    float g = expf(logits[i] - lse[n]) * scale;
+    if (c == t) g -= scale;
+    logits[i] = g;
+}
+
+// ---- C interface ------------------------------------------------------------------------------------
+
+extern "C" {
+
+void cu_encoder_forward(float *out, const int *inp, const float *wte, int N, int C) {
+    LAUNCH(encoder_forward_kernel, ceil_div((long)N * C, 256), 256, 0, 0, out, inp, wte, N, C);
+}
+void cu_encoder_backward(float *dwte, const float *dout, const int *inp, int N, int C) {
+    LAUNCH(encoder_backward_kernel, ceil_div(C, 128), 128, 0, 0, dwte, dout, inp, N, C);
+}
+
+void cu_rmsnorm_forward(float *out, float *rstd, const float *inp, int in_stride, const float *weight, int N, int C,
+                        float eps) {
+    LAUNCH(rmsnorm_forward_kernel, ceil_div(N, 4), 128, 0, 0, out, rstd, inp, in_stride, weight, N, C, eps);
+}
+void cu_residual_rmsnorm_forward(float *x_out, float *out, float *rstd, const float *a, const float *b,
+                                 const float *weight, int N, int C, float eps) {
+    LAUNCH(residual_rmsnorm_forward_kernel, ceil_div(N, 4), 128, 0, 0, x_out, out, rstd, a, b, weight, N, C, eps);
+}
+void cu_rmsnorm_backward(float *dinp, int dinp_stride, float *dweight, const float *dout, const float *inp,
+                         int in_stride, const float *weight, const float *rstd, int N, int C) {
+    LAUNCH(rmsnorm_backward_dx_kernel, ceil_div(N, 4), 128, 0, 0, dinp, dinp_stride, dout, inp, in_stride, weight,
+           rstd, N, C);
+    LAUNCH(rmsnorm_backward_dw_kernel, ceil_div(C, 128), 128, 0, 0, dweight, dout, inp, in_stride, rstd, N, C);
+}
+
+void cu_add(float *y, const float *a, const float *b, long n) {
+    if (n > 0) LAUNCH(add_kernel, ceil_div(n, 256), 256, 0, 0, y, a, b, n);
+}
+void cu_rope_apply(float *x, int N, int n_heads, int tok_stride, int head_stride, int d, const int *pos,
+                   float theta, int inverse) {
+    long total = (long)N * n_heads * (d / 2);
+    if (total > 0)
+        LAUNCH(rope_kernel, ceil_div(total, 256), 256, 0, 0, x, N, n_heads, tok_stride, head_stride, d, pos, theta,
+               inverse ? -1.0f : 1.0f);
+}
+void cu_swiglu_forward(float *out, const float *h1, const float *h3, long n) {
+    if (n > 0) LAUNCH(swiglu_forward_kernel, ceil_div(n, 256), 256, 0, 0, out, h1, h3, n);
+}
+void cu_swiglu_backward(float *dh1, float *dh3, const float *dout, const float *h1, const float *h3, long n) {
+    if (n > 0) LAUNCH(swiglu_backward_kernel, ceil_div(n, 256), 256, 0, 0, dh1, dh3, dout, h1, h3, n);
+}
+
+void cu_crossentropy_forward(float *lse, float *loss_out, int *n_valid_out, float *scratch, const float *logits,
+                             const int *targets, int N, int V) {
+    LAUNCH(crossentropy_forward_kernel, N, 256, 0, 0, lse, scratch, logits, targets, V);
+    LAUNCH(crossentropy_mean_kernel, 1, 256, 0, 0, loss_out, n_valid_out, scratch, targets, N);
+}
+void cu_crossentropy_backward(float *logits, const float *lse, const int *targets, int N, int V, float dloss,
+                              const int *n_valid) {
+    LAUNCH(crossentropy_backward_kernel, ceil_div((long)N * V, 256), 256, 0, 0, logits, lse, targets, N, V, dloss,
+           n_valid);
+}
+
+}  // extern "C"

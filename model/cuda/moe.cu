@@ -1,0 +1,340 @@
+// MoE on the GPU: gate scores, routing (moe_route_token of model/cpu/moe.c, exactly: same
+// selection order and tie-breaking), dispatch into contiguous per-expert row blocks with the
+// capacity rule in token order, grouped GEMMs whose per-expert row counts stay on the device
+// (no host synchronisation per expert), combine, and the backward pieces.
+#include "cuda_common.cuh"
+#include "cuda_ops.h"
+
+#define MOE_MAX_E 256
+#define MOE_MAX_G 64
+#define MOE_MAX_K 16
+
+// ---- gate ---------------------------------------------------------------------------------
+
+__global__ void moe_scores_kernel(float *scores, const float *logits, int N, int E, int score_func) {
+    int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+    const float *lg = logits + (long)n * E;
+    float *s = scores + (long)n * E;
+    if (score_func == 0) {
+        for (int e = 0; e < E; e++) s[e] = lm_sigmoid(lg[e]);
+    } else {
+        float mx = -FLT_MAX, sum = 0.0f;
+        for (int e = 0; e < E; e++) mx = lg[e] > mx ? lg[e] : mx;
+        for (int e = 0; e < E; e++) sum += (s[e] = expf(lg[e] - mx));
+        for (int e = 0; e < E; e++) s[e] /= sum;
+    }
+}
+
+// top-k of v over allowed entries (allowed may be NULL), descending; ties go to the lower index
+static __device__ void topk_dev(const float *v, const unsigned char *allowed, int n, int k, int *out) {
+    for (int j = 0; j < k; j++) {
+        int best = -1;
+        for (int i = 0; i < n; i++) {
+            if (allowed && !allowed[i]) continue;
+            int taken = 0;
+            for (int q = 0; q < j; q++) taken |= (out[q] == i);
+            if (taken) continue;
+            if (best < 0 || v[i] > v[best]) best = i;
+        }
+        out[j] = best;
+    }
+}
+
+// one thread per token
+__global__ void moe_route_kernel(int *sel_out, float *wts_out, const float *scores_all, const float *bias, int N, int E,
+                                 int K, int G, int topG, int score_func, float route_scale) {
+    int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+    const float *scores = scores_all + (long)n * E;
+    int *sel = sel_out + (long)n * K;
+    float *w = wts_out + (long)n * K;
+    float b[MOE_MAX_E];
+    unsigned char al[MOE_MAX_E];
+    for (int e = 0; e < E; e++) b[e] = scores[e] + (bias ? bias[e] : 0.0f);
+    unsigned char *mask = NULL;
+    if (G > 1) {
+        int per = E / G;
+        float gs[MOE_MAX_G];
+        for (int g = 0; g < G; g++) {
+            const float *v = b + g * per;
+            if (bias) {
+                int t2[2];
+                topk_dev(v, NULL, per, 2, t2);
+                gs[g] = v[t2[0]] + v[t2[1]];
+            } else {
+                float mx = -FLT_MAX;
+                for (int i = 0; i < per; i++) mx = v[i] > mx ? v[i] : mx;
+                gs[g] = mx;
+            }
+        }
+        int keep[MOE_MAX_G];
+        topk_dev(gs, NULL, G, topG, keep);
+        for (int e = 0; e < E; e++) al[e] = 0;
+        for (int j = 0; j < topG; j++)
+            for (int i = 0; i < per; i++) al[keep[j] * per + i] = 1;
+        mask = al;
+    }
+    topk_dev(b, mask, E, K, sel);
+    float sum = 0.0f;
+    for (int k = 0; k < K; k++) sum += (w[k] = scores[sel[k]]);
+    float norm = score_func == 0 ? 1.0f / sum : 1.0f;
+    for (int k = 0; k < K; k++) w[k] *= norm * route_scale;
+}
+
+// ---- dispatch ---------------------------------------------------------------------------------
+
+// One block, one thread per expert: each expert takes its assignments in token order up to the
+// capacity (deterministic, as the CPU reference); thread 0 then writes the offsets.
+// expert_off[e + 1] holds counts until the prefix sum. No early return: every thread reaches
+// the barrier.
+__global__ void moe_dispatch_count_kernel(int *row_of, int *expert_off, float *load, float *dropped, const int *sel,
+                                          int NK, int E, long cap) {
+    SHARED_ARRAY(int, drop, 1024);
+    int e = threadIdx.x;
+    if (e < E) {
+        int cnt = 0, total = 0, dr = 0;
+        for (int a = 0; a < NK; a++) {
+            if (sel[a] != e) continue;
+            total++;
+            if (cnt >= cap) {
+                row_of[a] = -1;
+                dr++;
+            } else {
+                row_of[a] = cnt++;
+            }
+        }
+        expert_off[e + 1] = cnt;
+        load[e] += (float)total;
+        drop[e] = dr;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        expert_off[0] = 0;
+        int d = 0;
+        for (int i = 0; i < E; i++) {
+            expert_off[i + 1] += expert_off[i];
+            d += drop[i];
+        }
+        dropped[0] += (float)d;
+    }
+}
+
+__global__ void moe_dispatch_finalize_kernel(int *row_of, int *perm, const int *expert_off, const int *sel, int NK) {
+    int a = blockIdx.x * blockDim.x + threadIdx.x;
+    if (a >= NK || row_of[a] < 0) return;
+    int r = expert_off[sel[a]] + row_of[a];
+    row_of[a] = r;
+    perm[r] = a;
+}
+
+__global__ void moe_gather_kernel(float *xe, const float *x, const int *perm, const int *expert_off, int NK, int K,
+                                  int C, int E) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long)NK * C) return;
+    int r = (int)(i / C), c = (int)(i % C);
+    if (r >= expert_off[E]) return;
+    xe[i] = x[(long)(perm[r] / K) * C + c];
+}
+
+// ---- grouped GEMM --------------------------------------------------------------------------------
+// For expert e = blockIdx.z and its rows [off[e], off[e+1]):
+//   Cm[r, col] (+)= sum_kk A[r, kk] * Bm(kk, col),  Bm(kk, col) = transB ? B_e[col, kk] : B_e[kk, col]
+// A (rows, Kd) ld Kd; Cm (rows, Nc) ld Nc; B_e = B + e * Kd * Nc. 16x16 tiles.
+#define GT 16
+__global__ void grouped_rows_kernel(float *Cm, const float *A, const float *B, const int *off, int Kd, int Nc,
+                                    int transB, int accumulate) {
+    SHARED_ARRAY2(float, As, GT, GT + 1);
+    SHARED_ARRAY2(float, Bs, GT, GT + 1);
+    int e = blockIdx.z;
+    int rbeg = off[e], rend = off[e + 1];
+    int r0 = rbeg + blockIdx.y * GT;
+    if (r0 >= rend) return;  // the whole block, before any barrier
+    int tx = threadIdx.x, ty = threadIdx.y;
+    int r = r0 + ty, col = blockIdx.x * GT + tx;
+    const float *Be = B + (long)e * Kd * Nc;
+    float acc = 0.0f;
+    for (int k0 = 0; k0 < Kd; k0 += GT) {
+        As[ty][tx] = (r < rend && k0 + tx < Kd) ? A[(long)r * Kd + k0 + tx] : 0.0f;
+        int bc = blockIdx.x * GT + ty, bk = k0 + tx;  // Bs[tx][ty] = Bm(bk, bc): transposed fill
+        float bv = 0.0f;
+        if (bc < Nc && bk < Kd) bv = transB ? Be[(long)bc * Kd + bk] : Be[(long)bk * Nc + bc];
+        Bs[tx][ty] = bv;
+        __syncthreads();
+        for (int kk = 0; kk < GT; kk++) acc += As[ty][kk] * Bs[kk][tx];
+        __syncthreads();
+    }
+    if (r < rend && col < Nc) {
+        float *c = Cm + (long)r * Nc + col;
+        *c = accumulate ? *c + acc : acc;
+    }
+}
+
+// dW_e (OC, IC) += dout_e^T (OC, rows) @ inp_e (rows, IC)
+__global__ void grouped_wgrad_kernel(float *dW, const float *dout, const float *inp, const int *off, int IC, int OC) {
+    SHARED_ARRAY2(float, Ds, GT, GT + 1);
+    SHARED_ARRAY2(float, Is, GT, GT + 1);
+    int e = blockIdx.z;
+    int rbeg = off[e], rend = off[e + 1];
+    int tx = threadIdx.x, ty = threadIdx.y;
+    int o = blockIdx.y * GT + ty, i = blockIdx.x * GT + tx;
+    float acc = 0.0f;
+    for (int r0 = rbeg; r0 < rend; r0 += GT) {
+        int rr = r0 + ty;  // Ds[ty][tx] = dout[r0 + ty, o-tile + tx]
+        int oc = blockIdx.y * GT + tx;
+        Ds[ty][tx] = (rr < rend && oc < OC) ? dout[(long)rr * OC + oc] : 0.0f;
+        Is[ty][tx] = (rr < rend && i < IC) ? inp[(long)rr * IC + i] : 0.0f;
+        __syncthreads();
+        for (int kk = 0; kk < GT; kk++) acc += Ds[kk][ty] * Is[kk][tx];
+        __syncthreads();
+    }
+    if (o < OC && i < IC) dW[(long)e * OC * IC + (long)o * IC + i] += acc;
+}
+
+// ---- combine ----------------------------------------------------------------------------------------
+
+__global__ void moe_combine_kernel(float *y, const float *ey, const float *wts, const int *row_of, int N, int K,
+                                   int C) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long)N * C) return;
+    int n = (int)(i / C), c = (int)(i % C);
+    float acc = y[i];
+    for (int k = 0; k < K; k++) {
+        int r = row_of[n * K + k];
+        if (r >= 0) acc += wts[n * K + k] * ey[(long)r * C + c];
+    }
+    y[i] = acc;
+}
+
+// one warp per sorted row
+__global__ void moe_combine_backward_kernel(float *dey, float *dwts, const float *dy, const float *ey, const float *wts,
+                                            const int *perm, const int *expert_off, int NK, int K, int C, int E) {
+    int lane = threadIdx.x % 32;
+    int r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (r >= NK || r >= expert_off[E]) return;  // whole warp
+    int a = perm[r], n = a / K;
+    const float *g = dy + (long)n * C, *eyr = ey + (long)r * C;
+    float w = wts[a], dot = 0.0f;
+    float *d = dey + (long)r * C;
+    for (int i = lane; i < C; i += 32) {
+        d[i] = w * g[i];
+        dot += g[i] * eyr[i];
+    }
+    dot = warp_sum(dot);
+    if (lane == 0) dwts[a] = dot;
+}
+
+__global__ void moe_scatter_add_kernel(float *dx, const float *dxe, const int *row_of, int N, int K, int C) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long)N * C) return;
+    int n = (int)(i / C), c = (int)(i % C);
+    float acc = dx[i];
+    for (int k = 0; k < K; k++) {
+        int r = row_of[n * K + k];
+        if (r >= 0) acc += dxe[(long)r * C + c];
+    }
+    dx[i] = acc;
+}
+
+// per token: weights -> scores (renormalisation for sigmoid) -> logits
+__global__ void moe_gate_backward_kernel(float *dlogits, const float *dwts, const float *scores, const int *sel_all,
+                                         int N, int E, int K, int score_func, float route_scale) {
+    int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+    const float *s = scores + (long)n * E;
+    const int *sel = sel_all + (long)n * K;
+    const float *dw = dwts + (long)n * K;
+    float ds[MOE_MAX_E];
+    for (int e = 0; e < E; e++) ds[e] = 0.0f;
+    if (score_func == 0) {
+        float S = 0.0f, dot = 0.0f;
+        for (int k = 0; k < K; k++) {
+            S += s[sel[k]];
+            dot += dw[k] * s[sel[k]];
+        }
+        for (int k = 0; k < K; k++) ds[sel[k]] += route_scale * (dw[k] / S - dot / (S * S));
+    } else {
+        for (int k = 0; k < K; k++) ds[sel[k]] += route_scale * dw[k];
+    }
+    float *dl = dlogits + (long)n * E;
+    if (score_func == 0) {
+        for (int e = 0; e < E; e++) dl[e] = ds[e] * s[e] * (1.0f - s[e]);
+    } else {
+        float dot = 0.0f;
+        for (int e = 0; e < E; e++) dot += ds[e] * s[e];
+        for (int e = 0; e < E; e++) dl[e] = s[e] * (ds[e] - dot);
+    }
+}
+
+// ---- C interface -----------------------------------------------------------------------------------
+
+extern "C" {
+
+void cu_moe_scores(float *scores, const float *logits, int N, int E, int score_func) {
+    LAUNCH(moe_scores_kernel, ceil_div(N, 64), 64, 0, 0, scores, logits, N, E, score_func);
+}
+
+int cu_moe_route(int *sel, float *wts, const float *scores, const float *bias, int N, int E, int K, int n_groups,
+                 int n_limited_groups, int score_func, float route_scale) {
+    if (E < 1 || E > MOE_MAX_E || K < 1 || K > E || K > MOE_MAX_K || n_groups < 1 || n_groups > MOE_MAX_G ||
+        E % n_groups != 0 || n_limited_groups < 1 || n_limited_groups > n_groups)
+        return -1;
+    if (n_groups > 1 && bias && E / n_groups < 2) return -1;
+    LAUNCH(moe_route_kernel, ceil_div(N, 64), 64, 0, 0, sel, wts, scores, bias, N, E, K, n_groups, n_limited_groups,
+           score_func, route_scale);
+    return 0;
+}
+
+void cu_moe_dispatch(int *row_of, int *perm, int *expert_off, float *load, float *dropped, const int *sel, int N,
+                     int K, int E, long cap) {
+    int NK = N * K;
+    int threads = ((E + 31) / 32) * 32;
+    LAUNCH(moe_dispatch_count_kernel, 1, threads, 0, 0, row_of, expert_off, load, dropped, sel, NK, E, cap);
+    LAUNCH(moe_dispatch_finalize_kernel, ceil_div(NK, 256), 256, 0, 0, row_of, perm, expert_off, sel, NK);
+}
+
+void cu_moe_gather(float *xe, const float *x, const int *perm, const int *expert_off, int N, int K, int C, int E) {
+    LAUNCH(moe_gather_kernel, ceil_div((long)N * K * C, 256), 256, 0, 0, xe, x, perm, expert_off, N * K, K, C, E);
+}
+
+void cu_grouped_matmul_forward(float *out, const float *inp, const float *w, const int *expert_off, int E,
+                               int max_rows, int IC, int OC) {
+    dim3 grid(ceil_div(OC, GT), ceil_div(max_rows, GT), E), block(GT, GT);
+    LAUNCH(grouped_rows_kernel, grid, block, 0, 0, out, inp, w, expert_off, IC, OC, 1, 0);
+}
+
+void cu_grouped_matmul_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
+                                const int *expert_off, int E, int max_rows, int IC, int OC) {
+    if (dinp) {
+        dim3 grid(ceil_div(IC, GT), ceil_div(max_rows, GT), E), block(GT, GT);
+        LAUNCH(grouped_rows_kernel, grid, block, 0, 0, dinp, dout, w, expert_off, OC, IC, 0, 1);
+    }
+    if (dw) {
+        dim3 grid(ceil_div(IC, GT), ceil_div(OC, GT), E), block(GT, GT);
+        LAUNCH(grouped_wgrad_kernel, grid, block, 0, 0, dw, dout, inp, expert_off, IC, OC);
+    }
+}
+
+void cu_moe_combine(float *y, const float *ey, const float *wts, const int *row_of, int N, int K, int C) {
+    LAUNCH(moe_combine_kernel, ceil_div((long)N * C, 256), 256, 0, 0, y, ey, wts, row_of, N, K, C);
+}
+
+void cu_moe_combine_backward(float *dey, float *dwts, const float *dy, const float *ey, const float *wts,
+                             const int *perm, const int *row_of, const int *expert_off, int N, int K, int C, int E) {
+    (void)row_of;
+    cu_zero(dwts, sizeof(float) * (size_t)N * K);
+    LAUNCH(moe_combine_backward_kernel, ceil_div((long)N * K, 4), 128, 0, 0, dey, dwts, dy, ey, wts, perm, expert_off,
+           N * K, K, C, E);
+}
+
+void cu_moe_scatter_add(float *dx, const float *dxe, const int *row_of, int N, int K, int C) {
+    LAUNCH(moe_scatter_add_kernel, ceil_div((long)N * C, 256), 256, 0, 0, dx, dxe, row_of, N, K, C);
+}
+
+void cu_moe_gate_backward(float *dlogits, const float *dwts, const float *scores, const int *sel, int N, int E,
+                          int K, int score_func, float route_scale) {
+    LAUNCH(moe_gate_backward_kernel, ceil_div(N, 64), 64, 0, 0, dlogits, dwts, scores, sel, N, E, K, score_func,
+           route_scale);
+}
+
+}  // extern "C"

@@ -1,0 +1,70 @@
+// Optimizer kernels: global gradient norm (two passes, fixed order: deterministic), fused
+// AdamW on fp32 master weights (lm_adamw of model/layer_math.h), loss-free bias update.
+#include "cuda_common.cuh"
+#include "cuda_ops.h"
+
+#define NORM_BLOCKS 256
+#define NORM_THREADS 256
+
+// partial sums of squares: block b covers a fixed chunk, threads stride inside it
+__global__ void sumsq_partial_kernel(float *partial, const float *g, size_t n) {
+    SHARED_ARRAY(float, scratch, 32);
+    size_t per = (n + gridDim.x - 1) / gridDim.x;
+    size_t i0 = (size_t)blockIdx.x * per, i1 = i0 + per < n ? i0 + per : n;
+    float s = 0.0f;
+    for (size_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) s += g[i] * g[i];
+    s = block_sum(s, scratch);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+__global__ void sumsq_final_kernel(float *out, const float *partial, int np) {
+    SHARED_ARRAY(float, scratch, 32);
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < np; i += blockDim.x) s += partial[i];
+    s = block_sum(s, scratch);
+    if (threadIdx.x == 0) out[0] = sqrtf(s);
+}
+
+__global__ void adamw_kernel(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1,
+                             float beta2, float eps, float wd, float grad_scale, float b1c, float b2c) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float mm = m[i], vv = v[i];
+    p[i] = lm_adamw(p[i], g[i] * grad_scale, &mm, &vv, lr, beta1, beta2, eps, wd, b1c, b2c);
+    m[i] = mm;
+    v[i] = vv;
+}
+
+// one thread per expert; the mean in double as the CPU reference
+__global__ void bias_update_kernel(float *bias, const float *load, int E, float gamma) {
+    int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= E) return;
+    double mean = 0.0;
+    for (int i = 0; i < E; i++) mean += (double)load[i];
+    mean /= E;
+    double d = mean - (double)load[e];
+    bias[e] += gamma * (float)((d > 0) - (d < 0));
+}
+
+extern "C" {
+
+void cu_global_norm(float *out, const float *g, size_t n, float *scratch) {
+    // enough blocks to fill a large GPU, no more than the work needs (scratch: NORM_BLOCKS floats)
+    long want = ((long)n + NORM_THREADS * 16 - 1) / (NORM_THREADS * 16);
+    int blocks = want < 1 ? 1 : (want > NORM_BLOCKS ? NORM_BLOCKS : (int)want);
+    LAUNCH(sumsq_partial_kernel, blocks, NORM_THREADS, 0, 0, scratch, g, n);
+    LAUNCH(sumsq_final_kernel, 1, NORM_THREADS, 0, 0, out, scratch, blocks);
+}
+
+void cu_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2, float eps,
+              float wd, float grad_scale, float b1c, float b2c) {
+    if (n == 0) return;
+    LAUNCH(adamw_kernel, ceil_div((long)n, 256), 256, 0, 0, p, g, m, v, n, lr, beta1, beta2, eps, wd, grad_scale, b1c,
+           b2c);
+}
+
+void cu_bias_update(float *bias, const float *load, int E, float gamma) {
+    LAUNCH(bias_update_kernel, ceil_div(E, 64), 64, 0, 0, bias, load, E, gamma);
+}
+
+}  // extern "C"
