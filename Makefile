@@ -93,3 +93,37 @@ test-san:
 
 clean:
 	rm -rf build build-san
+
+# ---------------------------------------------------------------------------------------
+# Training: builds, installs what is missing, prepares the default corpus (once, cached in
+# data/cache/), then trains. NAME=run name, RESUME=1 continues it, ARGS="..." adds flags.
+NAME ?= default
+RESUME ?= 0
+ARGS ?=
+train: deps
+	@$(MAKE) --no-print-directory $(BUILD)/train
+	@$(MAKE) --no-print-directory data
+	@if [ "$(RESUME)" = "1" ]; then \
+	  echo "./$(BUILD)/train --resume $(NAME) $(ARGS)"; ./$(BUILD)/train --resume $(NAME) $(ARGS); \
+	else \
+	  echo "./$(BUILD)/train --name $(NAME) $(ARGS)"; ./$(BUILD)/train --name $(NAME) $(ARGS); \
+	fi
+
+# Benchmarks (not tests): ratios measured in the same run.
+bench: deps
+	@$(MAKE) --no-print-directory $(BUILD)/bench_train $(BENCH_PROGS:%=$(BUILD)/%)
+	@echo "== CPU training throughput (default config) =="
+	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} ./$(BUILD)/bench_train 10
+	@for b in $(BENCH_PROGS); do echo "== $$b =="; ./$(BUILD)/$$b || exit 1; done
+
+# Reports: RUN=name regenerates runs/name/report.html; RUNS="a b c" compares runs side by
+# side into runs/compare/compare.html.
+RUN ?= $(NAME)
+RUNS ?=
+report:
+	@$(MAKE) --no-print-directory $(BUILD)/report
+	@if [ -n "$(RUNS)" ]; then \
+	  ./$(BUILD)/report --compare runs/compare $(foreach r,$(RUNS),runs/$(r)); \
+	else \
+	  ./$(BUILD)/report runs/$(RUN); \
+	fi

@@ -9,3 +9,6 @@ PROGRAMS += ckpt_compare
 ckpt_compare_SRCS := tests/ckpt_compare.c
 ckpt_compare_MODS := ckpt data model common
 SHELL_TESTS += tests/test_train.sh
+PROGRAMS += bench_train
+bench_train_SRCS := train/bench_train.c
+bench_train_MODS := model common
