@@ -385,8 +385,12 @@ static int write_split(const Split *s, const char *out, const char *prefix, int6
     int shard = 0;
     do {
         int64_t d0 = doc, t0 = s->n_docs ? s->doc_start[d0] : 0;
-        int64_t d1 = d0 + 1;
-        while (d1 < s->n_docs && s->doc_start[d1] - t0 <= max_tokens) d1++;
+        int64_t d1 = d0 + 1;  // at least one document, then as many as fit
+        while (d1 < s->n_docs) {
+            int64_t end = d1 + 1 < s->n_docs ? s->doc_start[d1 + 1] : s->n;
+            if (end - t0 > max_tokens) break;
+            d1++;
+        }
         if (s->n_docs == 0) d1 = 0;
         int64_t t1 = d1 < s->n_docs ? s->doc_start[d1] : s->n;
         int64_t nd = d1 - d0;

@@ -106,6 +106,20 @@ else
   fail prepare_removes_old_shards "rc=$rc $(ls "$T/given" | tr '\n' ' ')"
 fi
 
+# 3c. --shard-tokens cuts the train split at document boundaries into shards of at most N tokens
+for i in $(seq 1 300); do echo "Paragraph $i of the notes, with some more words to make it longer than before."; echo; done > "$T/long.txt"
+run split --out "$T/split" --vocab 300 --text-unit paragraph --shard-tokens 1024 --input "notes=$T/long.txt"
+"$P" --inspect "$T/split"/train_*.bin > "$T/split_inspect.log" 2>&1
+nshards=$(grep -c '^/.*train_.*tokens' "$T/split_inspect.log")
+maxtok=$(grep '^/.*train_.*tokens' "$T/split_inspect.log" | sed 's/.*: \([0-9]*\) tokens.*/\1/' | sort -n | tail -1)
+sumtok=$(grep '^/.*train_.*tokens' "$T/split_inspect.log" | sed 's/.*: \([0-9]*\) tokens.*/\1/' | paste -sd+ | bc)
+metatok=$(grep '"train_tokens"' "$T/split/meta.json" 2>/dev/null | head -1 | tr -dc '0-9')
+if [ "$rc" -eq 0 ] && [ "$nshards" -ge 5 ] && [ "${maxtok:-99999}" -le 1024 ] && [ "$sumtok" = "$metatok" ]; then
+  pass prepare_shard_tokens
+else
+  fail prepare_shard_tokens "rc=$rc shards=$nshards max=$maxtok sum=$sumtok meta=$metatok"
+fi
+
 # 4. 4-byte token ids on request
 run wide --out "$T/wide" --vocab 300 --token-bytes 4 --input "notes=$T/notes.txt" --text-unit paragraph
 if [ "$rc" -eq 0 ] && "$P" --inspect "$T/wide/train_000.bin" | grep -q '4-byte ids'; then
