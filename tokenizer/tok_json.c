@@ -119,11 +119,26 @@ static int parse_pretok(Tokenizer *tok, const cJSON *pt, const char *name, MoeEr
     if (bl < 0) return moe_err_set(err, "%s: pre_tokenizer has no ByteLevel step: not a byte-level BPE", name);
     if (bl != tok->n_steps - 1)
         return moe_err_set(err, "%s: pre_tokenizer: ByteLevel must be the last step (unsupported order)", name);
-    int nsplit = 0;
-    for (int i = 0; i < tok->n_steps; i++) nsplit += tok->steps[i].kind == TOK_STEP_SPLIT;
-    snprintf(tok->pretok_name, sizeof(tok->pretok_name), "%s[%d Split%s, ByteLevel%s]",
-             tok->pretok_is_sequence ? "Sequence" : "", nsplit, tok->n_steps > nsplit + 1 + (bl >= 0 ? 0 : 0) ? " + Digits?" : "",
-             tok->steps[bl].use_regex ? "(use_regex)" : "");
+    // a short description, e.g. "Sequence[Split x5, Digits(individual), ByteLevel]"
+    char *o = tok->pretok_name;
+    size_t cap = sizeof(tok->pretok_name), len = 0;
+    len += (size_t)snprintf(o + len, cap - len, "%s", tok->pretok_is_sequence ? "Sequence[" : "");
+    for (int i = 0; i < tok->n_steps && len < cap; i++) {
+        const TokStep *st = &tok->steps[i];
+        int run = 1;
+        if (st->kind == TOK_STEP_SPLIT)
+            while (i + run < tok->n_steps && tok->steps[i + run].kind == TOK_STEP_SPLIT) run++;
+        const char *sep = i ? ", " : "";
+        if (st->kind == TOK_STEP_SPLIT && run > 1) len += (size_t)snprintf(o + len, cap - len, "%sSplit x%d", sep, run);
+        else if (st->kind == TOK_STEP_SPLIT) len += (size_t)snprintf(o + len, cap - len, "%sSplit", sep);
+        else if (st->kind == TOK_STEP_DIGITS)
+            len += (size_t)snprintf(o + len, cap - len, "%sDigits%s", sep, st->individual_digits ? "(individual)" : "");
+        else
+            len += (size_t)snprintf(o + len, cap - len, "%sByteLevel%s%s", sep, st->use_regex ? "(gpt2 regex)" : "",
+                                    st->add_prefix_space ? "(prefix space)" : "");
+        i += run - 1;
+    }
+    if (tok->pretok_is_sequence && len < cap) snprintf(o + len, cap - len, "]");
     return 0;
 }
 

@@ -97,7 +97,10 @@ typedef struct {
 void tok_ids_free(TokIds *ids);
 
 enum {
-    TOK_ENCODE_SPECIAL = 1,  // recognise special / added tokens written in the text
+    // Recognise added tokens (special or not) written in the text. HF `tokenizers` always
+    // does, so use this flag for exact HF parity (e.g. for a pretrained model's prompts);
+    // leave it off for training data, where "<|end_of_text|>" in a text is just text.
+    TOK_ENCODE_SPECIAL = 1,
 };
 
 // Encode n bytes (any bytes, NUL included) and append the ids to out. 0 or -1 (out of memory).
