@@ -129,6 +129,15 @@ static int axis_ticks(double lo, double hi, int logscale, int target, double *ou
         }
         return n;
     }
+    if (hi / lo <= 300) {  // short log axes: powers of two (0.125 ... 8)
+        double e0 = ceil(log2(lo) - 1e-9), e1 = floor(log2(hi) + 1e-9);
+        int every = (int)((e1 - e0) / 8) + 1;
+        for (double k = e0; k <= e1 && n < max; k += every) {
+            major[n] = 1;
+            out[n++] = pow(2.0, k);
+        }
+        return n;
+    }
     double l0 = floor(log10(lo)), l1 = ceil(log10(hi));
     if (l0 < -300 || l1 > 300) return 0;
     int k0 = (int)l0, k1 = (int)l1;
@@ -293,6 +302,9 @@ void axes_vline(const Axes *ax, double x, Rgb c, float width, int dashed, const 
         canvas_line(ax->cv, px, (float)ax->y0, px, (float)ax->y1, c, width);
     if (label) {
         int right = px > (ax->x0 + ax->x1) / 2;
+        float tw = text_width(label, 11.0f, TEXT_BOLD);
+        int bx0 = right ? (int)(px - 6 - tw) : (int)(px + 2);
+        canvas_fill_rect_alpha(ax->cv, bx0, ax->y0 + 3, bx0 + (int)tw + 5, ax->y0 + 19, RGB_WHITE, 0.8f);
         canvas_text(ax->cv, right ? px - 4 : px + 4, (float)ax->y0 + 4, label, 11.0f, c, right ? TEXT_RIGHT : TEXT_LEFT,
                     TEXT_TOP, TEXT_BOLD);
     }

@@ -136,14 +136,6 @@ static void fill_gaps(float *v, int rows, int cols, const int *cnt) {
             for (int r = 0; r < rows; r++) v[(size_t)r * cols + c] = v[(size_t)r * cols + c - 1];
 }
 
-// share scale shared by the load heatmaps: 0 .. max(2, max value) (1 = uniform)
-static double share_vmax(const float *v, size_t n) {
-    double mx = 2.0;
-    for (size_t i = 0; i < n; i++)
-        if (isfinite(v[i]) && v[i] > mx) mx = v[i];
-    return ceil(mx * 2) / 2;
-}
-
 // ---------------------------------------------------------------------------------------
 // load heatmap: layer x expert over the last window
 
@@ -172,9 +164,8 @@ int chart_load_heatmap(const RunLog *r, int window, const char *path, Axes *ax_o
         return moe_err_set(err, "%s: out of memory", path);
     }
     routing_window_share(g, w, v);
-    double vmax = share_vmax(v, (size_t)L * E);
     axes_draw(&ax, title, "expert", "MoE layer");
-    heatmap_draw(&ax, v, L, E, 0.0, vmax, 0, cmap_viridis, E <= 24 ? "%.2f" : NULL);
+    heatmap_draw(&ax, v, L, E, SHARE_VMIN, SHARE_VMAX, 1, cmap_viridis, E <= 24 ? "%.2f" : NULL);
     char names[256][32];
     const char *ptrs[256];
     layer_names(g, names, ptrs, 256);
@@ -190,7 +181,8 @@ int chart_load_heatmap(const RunLog *r, int window, const char *path, Axes *ax_o
         snprintf(lab, sizeof lab, "COLLAPSED (e%d)", ex);
         canvas_text(&cv, (float)x1 + 8, (float)(y0 + y1) / 2, lab, 12.0f, RGB_MARK, TEXT_LEFT, TEXT_MIDDLE, TEXT_BOLD);
     }
-    colorbar_draw(&cv, REPORT_W - 120, ax.y0, 22, ax.y1, 0.0, vmax, 0, cmap_viridis, "load / mean load (1 = uniform)");
+    colorbar_draw(&cv, REPORT_W - 120, ax.y0, 22, ax.y1, SHARE_VMIN, SHARE_VMAX, 1, cmap_viridis,
+                  "load / mean load (log, 1 = uniform)");
     free(v);
     if (ax_out) *ax_out = ax;
     return save_png(&cv, path, err);
@@ -226,14 +218,14 @@ static float *share_bins(const RoutingLog *g, int li, int cols) {
     return v;
 }
 
-static int draw_share_panel(const RunLog *r, int li, Axes *ax, double vmax, int full) {
+static int draw_share_panel(const RunLog *r, int li, Axes *ax, int full) {
     const RoutingLog *g = &r->routing;
     axes_set_x(ax, g->step[0], step_end(g));
     int cols = ax->x1 - ax->x0;
     if (g->n < cols) cols = g->n;
     float *v = share_bins(g, li, cols);
     if (!v) return -1;
-    heatmap_draw(ax, v, g->E, cols, 0.0, vmax, 0, cmap_viridis, NULL);
+    heatmap_draw(ax, v, g->E, cols, SHARE_VMIN, SHARE_VMAX, 1, cmap_viridis, NULL);
     free(v);
     if (full) {
         heatmap_row_labels(ax, g->E, NULL, g->E > 16 ? g->E / 16 : 1);
@@ -261,25 +253,14 @@ int chart_share_layer(const RunLog *r, int li, const char *path, Axes *ax_out, M
         axes_message(&ax, "no data");
     } else {
         snprintf(title, sizeof title, "Layer %d: expert load / uniform share over training", g->layer[li]);
-        float *tmp = malloc(sizeof(float) * (size_t)g->L * g->E);
-        double vmax = 2;
-        if (tmp) {  // same scale as the whole-run maximum of any step bin
-            routing_window_share(g, g->n, tmp);
-            vmax = share_vmax(tmp, (size_t)g->L * g->E);
-            free(tmp);
-        }
-        float *bins = share_bins(g, li, ax.x1 - ax.x0 < g->n ? ax.x1 - ax.x0 : g->n);
-        if (bins) {
-            vmax = share_vmax(bins, (size_t)g->E * (ax.x1 - ax.x0 < g->n ? ax.x1 - ax.x0 : g->n));
-            free(bins);
-        }
         axes_set_x(&ax, g->step[0], step_end(g));
         axes_draw(&ax, title, "step", "expert");
-        if (draw_share_panel(r, li, &ax, vmax, 1)) {
+        if (draw_share_panel(r, li, &ax, 1)) {
             canvas_free(&cv);
             return moe_err_set(err, "%s: out of memory", path);
         }
-        colorbar_draw(&cv, REPORT_W - 110, ax.y0, 22, ax.y1, 0.0, vmax, 0, cmap_viridis, "load / mean load");
+        colorbar_draw(&cv, REPORT_W - 110, ax.y0, 22, ax.y1, SHARE_VMIN, SHARE_VMAX, 1, cmap_viridis,
+                      "load / mean load (log)");
     }
     if (ax_out) *ax_out = ax;
     return save_png(&cv, path, err);
@@ -306,13 +287,6 @@ int chart_share_grid(const RunLog *r, const char *path, MoeErr *err) {
         axes_message(&ax, "no data");
         return save_png(&cv, path, err);
     }
-    float *all = malloc(sizeof(float) * (size_t)g->L * g->E);
-    double vmax = 2;
-    if (all) {
-        routing_window_share(g, g->n, all);
-        vmax = share_vmax(all, (size_t)g->L * g->E) + 1;  // per-bin values exceed the run mean
-        free(all);
-    }
     for (int li = 0; li < g->L; li++) {
         int bx = (li % cols) * pw, by = 40 + (li / cols) * ph;
         Axes ax = panel_axes(&cv, bx, by, pw, ph);
@@ -327,14 +301,14 @@ int chart_share_grid(const RunLog *r, const char *path, MoeErr *err) {
         axes_draw(&ax, NULL, "step", NULL);
         canvas_text(&cv, (float)(ax.x0 + ax.x1) / 2, (float)ax.y0 - 6, t, 14.0f, col ? RGB_MARK : RGB_TEXT, TEXT_CENTER,
                     TEXT_BOTTOM, TEXT_BOLD);
-        if (draw_share_panel(r, li, &ax, vmax, 0)) {
+        if (draw_share_panel(r, li, &ax, 0)) {
             canvas_free(&cv);
             return moe_err_set(err, "%s: out of memory", path);
         }
         heatmap_row_labels(&ax, g->E, NULL, g->E > 8 ? g->E / 4 : 1);
         if (col) canvas_rect_outline(&cv, ax.x0 - 3, ax.y0 - 3, ax.x1 + 3, ax.y1 + 3, RGB_MARK, 2);
     }
-    colorbar_draw(&cv, W - 115, 60, 20, H - 60, 0.0, vmax, 0, cmap_viridis, "load / mean load");
+    colorbar_draw(&cv, W - 115, 60, 20, H - 60, SHARE_VMIN, SHARE_VMAX, 1, cmap_viridis, "load / mean load (log)");
     return save_png(&cv, path, err);
 }
 

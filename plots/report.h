@@ -32,6 +32,10 @@ int report_compare(const char *out_dir, const char *const *run_dirs, int n_runs,
 // Individual charts (each writes one PNG; used by report_write and by the tests). They never
 // fail on missing or odd data: they draw "no data" instead. They fail only on I/O errors.
 // Sizes: REPORT_W x REPORT_H unless said otherwise.
+// Load shares (load / mean load, 1 = uniform) use one fixed log colour scale everywhere, so
+// colours compare across charts and runs: 1/8 (starved, dark purple) .. 1 (teal) .. 8 (yellow).
+#define SHARE_VMIN 0.125
+#define SHARE_VMAX 8.0
 #define REPORT_W 1000
 #define REPORT_H 600
 // Load heatmap layer x expert over the last `window` steps, as load / mean load (1 = uniform).

@@ -362,8 +362,8 @@ int report_write_opts(const char *run_dir, const ReportOptions *o, MoeErr *err) 
     sp(&b, "<h2>Routing health</h2>\n");
     snprintf(cap, sizeof cap,
              "Expert load per MoE layer (rows) and expert (columns), summed over the last %d logged steps and divided "
-             "by the layer's mean load: 1.00 (teal) is a perfectly balanced expert, 0 (purple) an expert that receives "
-             "no tokens, bright yellow an overloaded one. Load counts all top-K choices of every token. Rows outlined "
+             "by the layer's mean load, on a log colour scale: 1.00 (teal) is a perfectly balanced expert, dark purple "
+             "a starved one (1/8 of its share or less, 0 = no tokens), bright yellow an overloaded one (8x or more). Load counts all top-K choices of every token. Rows outlined "
              "in red are layers in router collapse, with the expert they collapsed onto.",
              w);
     figure(&b, "load_heatmap.png", version, cap);
@@ -563,18 +563,6 @@ static int compare_load(RunLog *runs, int n, int window, const char *path, MoeEr
     char title[128];
     snprintf(title, sizeof title, "Final expert load / uniform share (last %d steps of each run)", window);
     canvas_text(&cv, (float)(W - 130) / 2, 4, title, 17.0f, RGB_TEXT, TEXT_CENTER, TEXT_TOP, TEXT_BOLD);
-    double vmax = 2;
-    for (int k = 0; k < n; k++) {
-        const RoutingLog *g = &runs[k].routing;
-        if (!g->n) continue;
-        float *v = malloc(sizeof(float) * (size_t)g->L * g->E);
-        if (!v) continue;
-        routing_window_share(g, window, v);
-        for (size_t i = 0; i < (size_t)g->L * g->E; i++)
-            if (isfinite(v[i]) && v[i] > vmax) vmax = v[i];
-        free(v);
-    }
-    vmax = ceil(vmax * 2) / 2;
     for (int k = 0; k < n; k++) {
         const RoutingLog *g = &runs[k].routing;
         Axes ax = axes_in_box(&cv, (k % gc) * pw, 44 + (k / gc) * ph, pw, ph);
@@ -591,7 +579,7 @@ static int compare_load(RunLog *runs, int n, int window, const char *path, MoeEr
         float *v = malloc(sizeof(float) * (size_t)g->L * g->E);
         if (!v) continue;
         routing_window_share(g, window, v);
-        heatmap_draw(&ax, v, g->L, g->E, 0, vmax, 0, cmap_viridis, g->E <= 8 ? "%.1f" : NULL);
+        heatmap_draw(&ax, v, g->L, g->E, SHARE_VMIN, SHARE_VMAX, 1, cmap_viridis, g->E <= 8 ? "%.1f" : NULL);
         free(v);
         for (int li = 0; li < g->L; li++) {
             int x0, y0, x1, y1;
@@ -603,7 +591,7 @@ static int compare_load(RunLog *runs, int n, int window, const char *path, MoeEr
         }
         heatmap_col_labels(&ax, g->E, NULL, g->E > 16 ? g->E / 8 : 1);
     }
-    colorbar_draw(&cv, W - 115, 74, 20, H - 50, 0, vmax, 0, cmap_viridis, "load / mean load");
+    colorbar_draw(&cv, W - 115, 74, 20, H - 50, SHARE_VMIN, SHARE_VMAX, 1, cmap_viridis, "load / mean load (log)");
     int rc = canvas_write_png(&cv, path, err);
     canvas_free(&cv);
     return rc;

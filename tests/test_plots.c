@@ -3,7 +3,8 @@
 // bounded fuzz), the compare view and the report_write timing on 2,000 steps x 4 layers x 8
 // experts.
 //   test_plots                    run the tests
-//   test_plots --write-run DIR    write a synthetic run folder (used by tests/test_report_html.sh)
+//   test_plots --write-run DIR [STEPS LAYERS EXPERTS TOPK]
+//                                 write a synthetic run folder (used by tests/test_report_html.sh)
 #include <dirent.h>
 #include <math.h>
 #include <sys/stat.h>
@@ -451,10 +452,6 @@ static void test_charts(const char *dir) {
         CHECK(img.w == REPORT_W && img.h == REPORT_H, "size %dx%d", img.w, img.h);
         float *v = malloc(sizeof(float) * s.L * s.E);
         routing_window_share(&r.routing, 100, v);
-        double vmax = 2;
-        for (int i = 0; i < s.L * s.E; i++)
-            if (v[i] > vmax) vmax = v[i];
-        vmax = ceil(vmax * 2) / 2;
         // the collapsed expert: 0.95 of 2048 tokens out of a mean of 512 -> 3.8 x uniform
         CHECK_CLOSE(v[2 * s.E + 5], 0.95 * 2048 / 512.0, 0.01, 0, "collapsed share");
         int bad = 0;
@@ -462,7 +459,7 @@ static void test_charts(const char *dir) {
             for (int e = 0; e < s.E; e++) {
                 int x0, y0, x1, y1;
                 heatmap_cell_rect(&ax, s.L, s.E, li, e, &x0, &y0, &x1, &y1);
-                Rgb want = heatmap_color(v[li * s.E + e], 0, vmax, 0, cmap_viridis);
+                Rgb want = heatmap_color(v[li * s.E + e], SHARE_VMIN, SHARE_VMAX, 1, cmap_viridis);
                 Rgb got = img_at(&img, x0 + 4, y0 + 4);  // corner: away from the value text
                 if (rgb_dist(want, got) > 1) bad++;
             }
@@ -491,7 +488,8 @@ static void test_charts(const char *dir) {
         int x0, y0, x1, y1;
         heatmap_cell_rect(&ax, s.E, s.steps, 5, 250, &x0, &y0, &x1, &y1);
         Rgb got = img_at(&img, (x0 + x1) / 2, (y0 + y1) / 2);
-        Rgb top = heatmap_color(0.95 * 2048 / 512.0, 0, 4.0, 0, cmap_viridis);  // scale 0..4 (3.8 rounded up)
+        Rgb top = heatmap_color(0.95 * 2048 / 512.0, SHARE_VMIN, SHARE_VMAX, 1, cmap_viridis);
+        CHECK(rgb_dist(top, cmap_viridis((float)((log2(3.8) + 3) / 6))) <= 1, "log share scale");
         CHECK(rgb_dist(got, top) <= 2, "collapsed expert cell %d,%d,%d", got.r, got.g, got.b);
         // step 10, expert 0 (balanced era): near-uniform share -> viridis(~1/vmax) (not the top)
         heatmap_cell_rect(&ax, s.E, s.steps, 0, 10, &x0, &y0, &x1, &y1);
@@ -499,7 +497,7 @@ static void test_charts(const char *dir) {
         const float *ld = r.routing.load + ((size_t)10 * s.L + 2) * s.E;
         double sum = 0;
         for (int e = 0; e < s.E; e++) sum += ld[e];
-        Rgb want = heatmap_color(ld[0] * s.E / sum, 0, 4.0, 0, cmap_viridis);
+        Rgb want = heatmap_color(ld[0] * s.E / sum, SHARE_VMIN, SHARE_VMAX, 1, cmap_viridis);
         CHECK(rgb_dist(got, want) <= 2, "balanced cell %d,%d,%d want %d,%d,%d", got.r, got.g, got.b, want.r, want.g,
               want.b);
         free(img.px);
@@ -914,17 +912,28 @@ static void test_timing(const char *base) {
     s.steps = 2000;
     CHECK(write_synthetic_run(dir, &s) == 0, "write");
     double t0 = wall_seconds();
+    clock_t c0 = clock();
     CHECK(report_write(dir, &err) == 0, "report: %s", err.msg);
-    double dt = wall_seconds() - t0;
-    printf("  report_write on 2000 steps x 4 layers x 8 experts: %.3f s\n", dt);
+    double dt = wall_seconds() - t0, cpu = (double)(clock() - c0) / CLOCKS_PER_SEC;
+    printf("  report_write on 2000 steps x 4 layers x 8 experts: %.3f s wall, %.3f s CPU\n", dt, cpu);
     CHECK(dt < 30.0, "too slow: %.1f s", dt);
     test_end();
 }
 
 int main(int argc, char **argv) {
-    if (argc == 3 && !strcmp(argv[1], "--write-run")) {
+    if ((argc == 3 || argc == 7) && !strcmp(argv[1], "--write-run")) {
         SynthSpec s;
         synth_default(&s);
+        if (argc == 7) {  // --write-run DIR STEPS LAYERS EXPERTS TOPK
+            s.steps = atoi(argv[3]);
+            s.L = atoi(argv[4]);
+            s.E = atoi(argv[5]);
+            s.K = atoi(argv[6]);
+            if (s.steps < 1 || s.L < 1 || s.E < 6 || s.K < 1 || s.K > s.E) {
+                fprintf(stderr, "error: bad synthetic run size\n");
+                return 1;
+            }
+        }
         if (write_synthetic_run(argv[2], &s) != 0) {
             fprintf(stderr, "error: cannot write a synthetic run into %s\n", argv[2]);
             return 1;
@@ -932,7 +941,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (argc != 1) {
-        fprintf(stderr, "usage: %s [--write-run DIR]\n", argv[0]);
+        fprintf(stderr, "usage: %s [--write-run DIR [STEPS LAYERS EXPERTS TOPK]]\n", argv[0]);
         return 1;
     }
     snprintf(g_tmp, sizeof g_tmp, "/tmp/test_plots_XXXXXX");
