@@ -421,6 +421,12 @@ static void test_corrupt(void) {
         refresh_crcs(w, n);
         write_bytes(bad, w, n);
         expect_bad(bad, "precision", "bad precision", &b);
+        // a non-zero byte in the reserved part of the header
+        memcpy(w, g, n);
+        w[700] = 1;
+        refresh_crcs(w, n);
+        write_bytes(bad, w, n);
+        expect_bad(bad, "reserved header byte 700", "reserved byte", &b);
         // a stored file size that disagrees
         memcpy(w, g, n);
         wr64(w + 16, n + 8);

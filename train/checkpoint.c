@@ -528,6 +528,13 @@ static int ckpt_open(const char *path, int *fd_out, CkptInfo *info, MoeErr *err)
     }
     c.off = CKPT_STATE_OFF;
     get_state(&c, &info->st);
+    for (size_t i = c.off; i < CKPT_HEADER_CRC_OFF; i++) {
+        if (h[i] != 0) {
+            moe_err_set(err, "checkpoint '%s': reserved header byte %zu is not zero (written by an incompatible moe.c?)",
+                        path, i);
+            goto fail;
+        }
+    }
     if (state_validate(&info->st, &e) != 0) {
         moe_err_set(err, "checkpoint '%s' holds an invalid train state: %s", path, e.msg);
         goto fail;
