@@ -400,8 +400,9 @@ static int write_split(const Split *s, const char *out, const char *prefix, int6
         char path[4200];
         snprintf(path, sizeof(path), "%s/%s_%03d.bin", out, prefix, shard);
         MoeErr err;
-        int rc = shard_write_ex(path, s->tok + t0, t1 - t0, vocab, token_bytes, starts, s->doc_domain + d0, nd,
-                                names, c->n_domains, &err);
+        const uint32_t *tok = s->tok ? s->tok + t0 : NULL;  // an empty split has no arrays
+        const int32_t *dom = s->doc_domain ? s->doc_domain + d0 : NULL;
+        int rc = shard_write_ex(path, tok, t1 - t0, vocab, token_bytes, starts, dom, nd, names, c->n_domains, &err);
         free(starts);
         if (rc) {
             fprintf(stderr, "error: %s\n", err.msg);

@@ -120,6 +120,14 @@ else
   fail prepare_shard_tokens "rc=$rc shards=$nshards max=$maxtok sum=$sumtok meta=$metatok"
 fi
 
+# 3d. --val-every 0: everything in train, an empty (valid) validation shard
+run noval --out "$T/noval" --vocab 280 --val-every 0 --input "notes=$T/notes.txt"
+if [ "$rc" -eq 0 ] && "$P" --inspect "$T/noval/val_000.bin" 2>&1 | grep -q ': 0 tokens' && grep -q 'validation split is empty' "$T/noval.log"; then
+  pass prepare_no_validation
+else
+  fail prepare_no_validation "rc=$rc $(tail -2 "$T/noval.log")"
+fi
+
 # 4. 4-byte token ids on request
 run wide --out "$T/wide" --vocab 300 --token-bytes 4 --input "notes=$T/notes.txt" --text-unit paragraph
 if [ "$rc" -eq 0 ] && "$P" --inspect "$T/wide/train_000.bin" | grep -q '4-byte ids'; then
