@@ -522,10 +522,10 @@ int main(int argc, char **argv) {
         double cap = (in->builtin ? a.builtin_cap_mb : a.cap_mb) * 1e6;
         double keep = (cap > 0 && in->bytes_read > cap) ? cap / (double)in->bytes_read : 1.0;
         uint64_t salt = hash_str(c.domains[d]);
-        int64_t k = 0, last = -1;
+        int64_t k = 0, last = -1, j = 0;  // j: index within the domain (stable when other sources change)
         for (int64_t i = 0; i < c.n_docs; i++) {
             if (c.docs[i].domain != d) continue;
-            double u = (double)(hash64(salt ^ hash64((uint64_t)i)) >> 11) / 9007199254740992.0;
+            double u = (double)(hash64(salt ^ hash64((uint64_t)j++)) >> 11) / 9007199254740992.0;
             if (u >= keep) {
                 which[i] = -1;
                 continue;
