@@ -136,7 +136,7 @@ int nf4_quantize_raw(Nf4Tensor *t, const void *src, int src_dtype, int64_t rows,
     for (int k = 0; k < 15; k++) mid[k] = (nf4_code[k] + nf4_code[k + 1]) / 2.0f;
     const uint8_t *p = (const uint8_t *)src;
     const int64_t full_blocks = t->n / blocksize;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(t->n > 65536)
     for (int64_t b = 0; b < t->n_blocks; b++) {
         int64_t i0 = b * blocksize, i1 = i0 + blocksize;
         if (i1 > t->n) i1 = t->n;
@@ -402,7 +402,7 @@ void nf4_matmul_tiled(const Nf4Tensor *W, const float *x, int64_t n_tok, float *
     for (int64_t r0 = 0; r0 < rows; r0 += tile) {
         int64_t nr = rows - r0 < tile ? rows - r0 : tile;
         int64_t chunk = 16;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(nr * cols > 65536)
         for (int64_t r = 0; r < nr; r += chunk) dequant_rows(W, r0 + r, (nr - r < chunk ? nr - r : chunk), buf + r * cols);
         // y[:, r0:r0+nr] (n_tok, nr) = x (n_tok, cols) buf^T
         gemm(0, 1, (int)n_tok, (int)nr, (int)cols, 1.0f, x, (int)cols, buf, (int)cols, 0.0f, y + r0, (int)rows);
@@ -488,7 +488,7 @@ void nf4_matmul_fused(const Nf4Tensor *W, const float *x, int64_t n_tok, float *
     if (rows == 0 || n_tok == 0) return;
     if (!fast_layout(W)) {
         // generic layout: dequantize a row, then plain dot products
-#pragma omp parallel
+#pragma omp parallel if(rows * cols > 65536)
         {
             float *wrow = (float *)malloc((size_t)(cols + 1) * sizeof(float));
 #pragma omp for schedule(static)
@@ -512,7 +512,7 @@ void nf4_matmul_fused(const Nf4Tensor *W, const float *x, int64_t n_tok, float *
     shuffle_x(x, n_tok, cols, xs);
     for (int64_t i0 = 0; i0 < n_tok; i0 += NF4_NT) {
         int nt = (int)(n_tok - i0 < NF4_NT ? n_tok - i0 : NF4_NT);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(rows * cols * nt > 65536)
         for (int64_t r = 0; r < rows; r++) {
             float acc[NF4_NT];
             fused_row(W, r, xs + i0 * cols, nt, cols, acc);
