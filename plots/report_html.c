@@ -1,5 +1,7 @@
 // report.html for one run and compare.html for several: summary tables, captions, charts.
 #include <float.h>
+#include <limits.h>
+#include <stdlib.h>
 #include <math.h>
 #include <sys/stat.h>
 
@@ -597,6 +599,28 @@ static int compare_load(RunLog *runs, int n, int window, const char *path, MoeEr
     return rc;
 }
 
+// path of `target` relative to folder `from` (both must exist); falls back to target as given
+static void rel_path(const char *from, const char *target, char *out, size_t n) {
+    char a[4096], b[4096];
+    if (!realpath(from, a) || !realpath(target, b)) {
+        snprintf(out, n, "%s", target);
+        return;
+    }
+    size_t i = 0, common = 0;  // length of the common leading components
+    while (a[i] && a[i] == b[i]) {
+        if (a[i] == '/') common = i;
+        i++;
+    }
+    if (!a[i] && (b[i] == '/' || !b[i])) common = i;
+    out[0] = '\0';
+    size_t len = 0;
+    for (const char *p = a + common; *p; p++)  // one ".." per component of `from` below the common part
+        if (*p == '/' && len + 4 < n) len += (size_t)snprintf(out + len, n - len, "../");
+    const char *rest = b + common;
+    if (*rest == '/') rest++;
+    snprintf(out + len, n - len, "%s", rest);
+}
+
 int report_compare(const char *out_dir, const char *const *run_dirs, int n_runs, const ReportOptions *o, MoeErr *err) {
     ReportOptions def;
     if (!o) {
@@ -641,8 +665,9 @@ int report_compare(const char *out_dir, const char *const *run_dirs, int n_runs,
             fmt_num(last_step(r), t1, sizeof t1);
             fmt_num(bv, t2, sizeof t2);
             fmt_num(mean_maxvio_window(&r->routing, window), t3, sizeof t3);
-            char rel[1200];
-            snprintf(rel, sizeof rel, "%s/report.html", r->dir);
+            char rel[1200], relp[1100];
+            rel_path(out_dir, r->dir, relp, sizeof relp);
+            snprintf(rel, sizeof rel, "%s%sreport.html", relp, relp[0] ? "/" : "");
             char en[600];
             sp(&b, "<tr><td><a href=\"%s\">%s</a></td><td>%s</td><td>%s</td><td>%s</td><td>", esc(rel, e, sizeof e),
                esc(r->folder, en, sizeof en), t1, t2, t3);
@@ -652,7 +677,7 @@ int report_compare(const char *out_dir, const char *const *run_dirs, int n_runs,
             sp(&b, "%s</td><td>%s</td></tr>\n", nc ? "" : "none", r->finished ? "finished" : "in progress");
         }
         sp(&b, "</table>\n<p class=\"note\">Run links point to each run's own report.html (regenerate with "
-               "<code>make report RUN=name</code>). Paths are as given on the command line.</p>\n");
+               "<code>make report RUN=name</code>).</p>\n");
         long v = 0;
         figure(&b, "compare_loss.png", v,
                "Training loss of every run on shared axes (shaded min-max band with the mean line when there are more "

@@ -893,7 +893,8 @@ static void test_compare(const char *base) {
     size_t n;
     CHECK(read_file_all(p, &html, &n, &err) == 0, "compare.html");
     if (html) {
-        CHECK(strstr(html, "runA/report.html") && strstr(html, "runB/report.html"), "run links");
+        CHECK(strstr(html, "href=\"../runA/report.html\"") && strstr(html, "href=\"../runB/report.html\""),
+              "run links relative to the compare folder");
         free(html);
     }
     const char *bad[2] = {a, "/nonexistent/run"};
