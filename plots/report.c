@@ -561,6 +561,35 @@ int chart_bias_heatmap(const RunLog *r, const char *path, MoeErr *err) {
 // ---------------------------------------------------------------------------------------
 // training curves
 
+// TensorBoard-style exponential smoothing with bias correction; NaN values are skipped
+static void ema_smooth(const double *y, int n, double w, double *out) {
+    double acc = 0, norm = 0;
+    for (int i = 0; i < n; i++) {
+        if (isfinite(y[i])) {
+            acc = w * acc + (1 - w) * y[i];
+            norm = w * norm + (1 - w);
+        }
+        out[i] = norm > 0 && isfinite(y[i]) ? acc / norm : NAN;
+    }
+}
+
+static Rgb tint(Rgb c, float f) {  // blend towards white by f
+    return (Rgb){(uint8_t)(c.r + f * (255 - c.r)), (uint8_t)(c.g + f * (255 - c.g)), (uint8_t)(c.b + f * (255 - c.b))};
+}
+
+// raw series in a light tint, then its smoothed version (when there are enough points)
+static void smoothed_series(const Axes *ax, const double *x, const double *y, int n, Rgb c) {
+    double *sm = n > 60 ? malloc(sizeof(double) * (size_t)n) : NULL;
+    if (!sm) {
+        axes_series(ax, x, y, n, c, 1.5f);
+        return;
+    }
+    axes_series(ax, x, y, n, tint(c, 0.6f), 1.0f);
+    ema_smooth(y, n, 0.9, sm);
+    axes_series(ax, x, sm, n, c, 2.2f);
+    free(sm);
+}
+
 int chart_loss(const RunLog *r, const char *path, Axes *ax_out, MoeErr *err) {
     const TrainLog *t = &r->train;
     Canvas cv;
@@ -594,11 +623,11 @@ int chart_loss(const RunLog *r, const char *path, Axes *ax_out, MoeErr *err) {
         const char *names[3];
         Rgb colors[3];
         int n = 0;
-        axes_series(&ax, t->step, t->loss, t->n, palette_color(0, 10), 1.5f);
-        names[n] = "train loss (objective)";
+        smoothed_series(&ax, t->step, t->loss, t->n, palette_color(0, 10));
+        names[n] = t->n > 60 ? "train loss (objective; light: raw, dark: smoothed)" : "train loss (objective)";
         colors[n++] = palette_color(0, 10);
         if (differs) {
-            axes_series(&ax, t->step, t->ce, t->n, palette_color(2, 10), 1.5f);
+            smoothed_series(&ax, t->step, t->ce, t->n, palette_color(2, 10));
             names[n] = "train cross-entropy";
             colors[n++] = palette_color(2, 10);
         }

@@ -403,8 +403,9 @@ int report_write_opts(const char *run_dir, const ReportOptions *o, MoeErr *err) 
     sp(&b, "<h2>Training</h2>\n");
     figure(&b, "loss.png", version,
            "Training loss (the total objective; the cross-entropy alone is drawn too when auxiliary losses make it "
-           "differ) and validation loss (dots) in nats per token. Many steps per pixel are shown as a shaded min-max "
-           "band with the mean line. Collapse events are marked.");
+           "differ) and validation loss (dots) in nats per token. With many steps the raw training loss is drawn light "
+           "and an exponentially smoothed curve (TensorBoard-style, weight 0.9) dark; with "
+           "more steps than pixels the raw curve becomes a shaded min-max band. Collapse events are marked.");
     figure(&b, "train_stats.png", version,
            "Learning rate schedule, global gradient norm (log scale) and throughput in tokens per second.");
     sp(&b, "<h2>Expert co-activation and specialisation</h2>\n");
