@@ -214,9 +214,11 @@ int spec_forward(const SpecModel *m, const SpecInput *in, float *logits, SpecScr
         const float *hin = s->h + (size_t)j * H;
         float *pre = s->pre + (size_t)j * H, *hout = s->h + (size_t)(j + 1) * H;
         for (int o = 0; o < H; o++) {
-            float a = b[o];
+            float a = 0;
             const float *w = W + (size_t)o * H;
+#pragma omp simd reduction(+ : a)
             for (int i = 0; i < H; i++) a += w[i] * hin[i];
+            a += b[o];
             pre[o] = a;
             hout[o] = hin[o] + (a > 0 ? a : 0);
         }
@@ -229,10 +231,11 @@ int spec_forward(const SpecModel *m, const SpecInput *in, float *logits, SpecScr
         const float *b = m->params + m->o_bout + ((size_t)(d - 1) * M + lt) * E;
         float *z = logits + (size_t)(d - 1) * E;
         for (int e = 0; e < E; e++) {
-            float a = b[e];
+            float a = 0;
             const float *w = W + (size_t)e * H;
+#pragma omp simd reduction(+ : a)
             for (int i = 0; i < H; i++) a += w[i] * h[i];
-            z[e] = a;
+            z[e] = a + b[e];
         }
     }
     return nd;
@@ -265,17 +268,36 @@ static double head_loss(const SpecConfig *c, const float *z, const uint16_t *tar
         dz[e] = (float)((sigm(z[e]) - y[e]) / K);
     }
     if (c->rank_weight > 0) {
+        // softplus(z_n - z_p) with t = exp(z_n - z_p) = exp(z_n - m) / exp(z_p - m): one exp per
+        // logit, one log1p per (positive, negative) pair; exp(z - m) of a positive is > 0 as long
+        // as logits stay within ~700 of the max (else the pair falls back to the direct formula)
         double scale = (double)c->rank_weight / ((double)K * (E - K));
+        float mx = z[0];
+        for (int e = 1; e < E; e++) mx = z[e] > mx ? z[e] : mx;
+        double ez[1024];
+        int cached = E <= 1024;
+        if (cached)
+            for (int e = 0; e < E; e++) ez[e] = exp((double)z[e] - mx);
         for (int k = 0; k < K; k++) {
             int p = target[k];
+            double gp = 0;
             for (int n = 0; n < E; n++) {
                 if (y[n] > 0) continue;
-                double diff = (double)z[n] - z[p];
-                loss += scale * softplus(diff);
-                double gd = scale * sigm(diff);
-                dz[n] += (float)gd;
-                dz[p] -= (float)gd;
+                double sp, sg;
+                if (cached && ez[p] > 1e-300) {
+                    double t = ez[n] / ez[p];
+                    sp = log1p(t);
+                    sg = t / (1.0 + t);
+                } else {
+                    double diff = (double)z[n] - z[p];
+                    sp = softplus(diff);
+                    sg = sigm(diff);
+                }
+                loss += scale * sp;
+                dz[n] += (float)(scale * sg);
+                gp += scale * sg;
             }
+            dz[p] -= (float)gp;
         }
     }
     return loss;

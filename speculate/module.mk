@@ -1,6 +1,12 @@
 # speculate/: routing traces (.trace), the expert speculator, baselines, offload simulation.
+#
+# The module and the program share the name `speculate`, so they share one speculate_SRCS:
+# libspeculate.a also holds main.o, which no other program pulls in (it defines only main).
 MODULES += speculate
-speculate_SRCS := speculate/trace.c speculate/synth.c speculate/eval.c speculate/mlp.c speculate/train.c speculate/cache.c
+PROGRAMS += speculate
+speculate_SRCS := speculate/trace.c speculate/synth.c speculate/eval.c speculate/mlp.c speculate/train.c \
+                  speculate/cache.c speculate/main.c
+speculate_MODS := plots common
 
 TEST_PROGS += test_trace
 test_trace_SRCS := tests/test_trace.c
@@ -13,3 +19,11 @@ test_spec_MODS := speculate common
 TEST_PROGS += test_spec_cache
 test_spec_cache_SRCS := tests/test_spec_cache.c
 test_spec_cache_MODS := speculate common
+
+# make speculate TRACES="a.trace b.trace" [SPEC_FLAGS="--epochs 10"] [SPEC_OUT=runs/speculate]
+TRACES ?=
+SPEC_OUT ?= runs/speculate
+SPEC_FLAGS ?=
+speculate: $(BUILD)/speculate
+	@if [ -z "$(TRACES)" ]; then echo "usage: make speculate TRACES=path.trace [SPEC_FLAGS=...] (or SPEC_FLAGS=--synthetic TRACES=none)"; exit 1; fi
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BUILD)/speculate --out $(SPEC_OUT) $(SPEC_FLAGS) $(filter-out none,$(TRACES))

@@ -427,3 +427,62 @@ int trace_read(const char *path, Trace *t, MoeErr *err) {
     munmap(map, size);
     return rc;
 }
+
+int trace_concat(Trace *out, const Trace *parts, int n_parts, const char *const *names, MoeErr *err) {
+    memset(out, 0, sizeof(*out));
+    if (n_parts < 1) return moe_err_set(err, "no traces given");
+    TraceHeader h = parts[0].h;
+    size_t n = 0;
+    int dmap[64][TRACE_MAX_DOMAINS];
+    if (n_parts > 64) return moe_err_set(err, "too many trace files (%d, at most 64)", n_parts);
+    h.n_domains = 0;
+    for (int j = 0; j < n_parts; j++) {
+        const TraceHeader *p = &parts[j].h;
+        int same = strcmp(p->model, h.model) == 0 && p->E == h.E && p->K == h.K && p->n_layers == h.n_layers &&
+                   p->has_reuse == h.has_reuse;
+        for (int l = 0; same && l < h.n_layers; l++) same = p->layer_idx[l] == h.layer_idx[l];
+        if (!same)
+            return moe_err_set(err, "%s: trace of model '%s' (E=%d K=%d, %d MoE layers%s) does not match %s ('%s', E=%d K=%d, %d MoE layers%s)",
+                               names[j], p->model, p->E, p->K, p->n_layers, p->has_reuse ? ", gate reuse" : "",
+                               names[0], h.model, h.E, h.K, h.n_layers, h.has_reuse ? ", gate reuse" : "");
+        for (int d = 0; d < p->n_domains; d++) {
+            int found = -1;
+            for (int q = 0; q < h.n_domains; q++)
+                if (!strcmp(h.domains[q], p->domains[d])) found = q;
+            if (found < 0) {
+                if (h.n_domains >= TRACE_MAX_DOMAINS) return moe_err_set(err, "too many domains over the traces");
+                found = h.n_domains++;
+                memcpy(h.domains[found], p->domains[d], TRACE_DOMAIN_LEN);
+            }
+            dmap[j][d] = found;
+        }
+        n += parts[j].n;
+    }
+    if (n_parts > 1) snprintf(h.dataset, sizeof h.dataset, "%d trace files", n_parts);
+    if (trace_alloc(out, &h, n, err)) return -1;
+    size_t MK = (size_t)h.n_layers * h.K, RK = (size_t)(h.n_layers - 1) * h.K, at = 0;
+    uint64_t off = 0;
+    for (int j = 0; j < n_parts; j++) {
+        const Trace *p = &parts[j];
+        uint64_t mx = 0;
+        for (size_t i = 0; i < p->n; i++, at++) {
+            uint64_t s = off + p->seq[i];
+            if (s > UINT32_MAX) {
+                trace_free(out);
+                return moe_err_set(err, "%s: sequence ids overflow 32 bits after concatenation", names[j]);
+            }
+            out->seq[at] = (uint32_t)s;
+            mx = p->seq[i] > mx ? p->seq[i] : mx;
+            out->pos[at] = p->pos[i];
+            out->token[at] = p->token[i];
+            out->domain[at] = (uint16_t)dmap[j][p->domain[i]];
+        }
+        if (p->n) {
+            memcpy(out->ids + (at - p->n) * MK, p->ids, sizeof(uint16_t) * p->n * MK);
+            memcpy(out->weights + (at - p->n) * MK, p->weights, sizeof(float) * p->n * MK);
+            if (h.has_reuse) memcpy(out->reuse + (at - p->n) * RK, p->reuse, sizeof(uint16_t) * p->n * RK);
+        }
+        off += p->n ? mx + 1 : 0;
+    }
+    return 0;
+}

@@ -106,5 +106,9 @@ void trace_free(Trace *t);
 int trace_alloc(Trace *t, const TraceHeader *h, size_t n, MoeErr *err);
 // Writes a whole in-memory Trace through the streaming writer.
 int trace_write(const char *path, const Trace *t, MoeErr *err);
+// Concatenates traces of the same model (same model name, E, K, MoE layers, gate-reuse field):
+// domains are merged by name, sequence ids of part j are offset so that they stay unique.
+// names[j] names part j in error messages.
+int trace_concat(Trace *out, const Trace *parts, int n_parts, const char *const *names, MoeErr *err);
 
 #endif
