@@ -14,3 +14,24 @@ test_nf4_MODS := pretrained tokenizer common
 TEST_PROGS += test_pretrained
 test_pretrained_SRCS := tests/test_pretrained.c
 test_pretrained_MODS := pretrained tokenizer common
+
+PROGRAMS += collect
+collect_SRCS := pretrained/collect.c
+collect_MODS := pretrained speculate data tokenizer common
+
+PROGRAMS += pt_tiny
+pt_tiny_SRCS := pretrained/pt_tiny.c
+pt_tiny_MODS := pretrained tokenizer common
+
+# `make collect MODEL=dir DATA="imdb.jsonl:text news.csv:2" OUT=traces/x.trace`
+# Without MODEL: a tiny random deepseek model (build/tiny_deepseek, written by pt_tiny) over
+# the built-in corpus's validation shard (run `make data` first) or, without it, over the
+# repository's docs. COLLECT_FLAGS adds flags (e.g. "--n 3333 --max-len 512 --batch 16").
+COLLECT_TINY := $(BUILD)/tiny_deepseek
+MODEL ?= $(COLLECT_TINY)
+DATA ?= $(if $(wildcard data/cache/default/val_000.bin),data/cache/default/val_000.bin,docs=docs)
+OUT ?= traces/collect.trace
+COLLECT_FLAGS ?=
+collect: $(BUILD)/collect $(BUILD)/pt_tiny
+	@if [ "$(MODEL)" = "$(COLLECT_TINY)" ] && [ ! -f $(COLLECT_TINY)/config.json ]; then $(BUILD)/pt_tiny --out $(COLLECT_TINY); fi
+	$(BUILD)/collect --model $(MODEL) --data "$(DATA)" --out $(OUT) $(COLLECT_FLAGS)
