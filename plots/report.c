@@ -25,6 +25,14 @@ static Axes panel_axes(Canvas *cv, int bx, int by, int bw, int bh) {
     return ax;
 }
 
+// title of a small-multiples chart, saying when only the first MAX_PANELS layers are shown
+#define MAX_PANELS 64
+static const char *grid_title(const char *t, int n, char *buf, size_t len) {
+    if (n <= MAX_PANELS) return t;
+    snprintf(buf, len, "%s (first %d of %d layers)", t, MAX_PANELS, n);
+    return buf;
+}
+
 static void subtitle(Canvas *cv, int w, const char *s) {
     canvas_text(cv, (float)w / 2, 4, s, 17.0f, RGB_TEXT, TEXT_CENTER, TEXT_TOP, TEXT_BOLD);
 }
@@ -49,9 +57,10 @@ static void x_range(const RoutingLog *g, Axes *ax) {
 
 // draws collapse (red) / recovered (green) events as vertical dashed lines; layer < 0: all
 static void draw_events(const Axes *ax, const RunLog *r, int layer) {
-    for (int i = 0; i < r->n_events; i++) {
+    for (int i = 0, drawn = 0; i < r->n_events && drawn < 200; i++) {
         const CollapseEvent *e = &r->events[i];
         if (layer >= 0 && e->layer != layer) continue;
+        drawn++;
         char lab[64];
         if (e->type == COLLAPSE_EVENT_COLLAPSE)
             snprintf(lab, sizeof lab, "L%d collapse e%d", e->layer, e->expert);
@@ -266,7 +275,9 @@ int chart_share_layer(const RunLog *r, int li, const char *path, Axes *ax_out, M
     return save_png(&cv, path, err);
 }
 
+
 static void grid_dims(int n, int *cols, int *rows) {
+    if (n > MAX_PANELS) n = MAX_PANELS;
     *cols = n <= 1 ? 1 : (n <= 4 ? 2 : (n <= 9 ? 3 : 4));
     *rows = (n + *cols - 1) / *cols;
     if (*rows < 1) *rows = 1;
@@ -280,14 +291,15 @@ int chart_share_grid(const RunLog *r, const char *path, MoeErr *err) {
     int W = cols * pw + 130, H = 40 + rows * ph;
     Canvas cv;
     if (canvas_init(&cv, W, H, RGB_WHITE, err)) return -1;
-    subtitle(&cv, W - 130, "Expert load / uniform share over training, every MoE layer");
+    char tbuf[256];
+    subtitle(&cv, W - 130, grid_title("Expert load / uniform share over training, every MoE layer", g->L, tbuf, sizeof tbuf));
     if (g->n == 0) {
         Axes ax = panel_axes(&cv, 0, 40, W - 130, H - 40);
         axes_draw(&ax, NULL, "step", "expert");
         axes_message(&ax, "no data");
         return save_png(&cv, path, err);
     }
-    for (int li = 0; li < g->L; li++) {
+    for (int li = 0; li < g->L && li < MAX_PANELS; li++) {
         int bx = (li % cols) * pw, by = 40 + (li / cols) * ph;
         Axes ax = panel_axes(&cv, bx, by, pw, ph);
         ax.no_yticks = 1;
@@ -452,14 +464,15 @@ int chart_bias(const RunLog *r, const char *path, MoeErr *err) {
     if (W < 600) W = 600;
     Canvas cv;
     if (canvas_init(&cv, W, H, RGB_WHITE, err)) return -1;
-    subtitle(&cv, W, "Balancing bias per expert over training (one line per expert)");
+    char tbuf[256];
+    subtitle(&cv, W, grid_title("Balancing bias per expert over training (one line per expert)", g->L, tbuf, sizeof tbuf));
     if (g->n == 0 || bias_all_zero(g)) {
         Axes ax = panel_axes(&cv, 0, 40, W, H - 40);
         axes_draw(&ax, NULL, "step", "bias");
         axes_message(&ax, g->n == 0 ? "no data" : "no balancing bias (all zero: balance mode without bias)");
         return save_png(&cv, path, err);
     }
-    for (int li = 0; li < g->L; li++) {
+    for (int li = 0; li < g->L && li < MAX_PANELS; li++) {
         Axes ax = panel_axes(&cv, (li % cols) * pw, 40 + (li / cols) * ph, pw, ph);
         ax.x0 += 10;
         x_range(g, &ax);
@@ -510,7 +523,8 @@ int chart_bias_heatmap(const RunLog *r, const char *path, MoeErr *err) {
     int W = cols * pw + 130, H = 40 + rows * ph;
     Canvas cv;
     if (canvas_init(&cv, W, H, RGB_WHITE, err)) return -1;
-    subtitle(&cv, W - 130, "Balancing bias, step x expert (blue: pushed down, red: pushed up)");
+    char tbuf[256];
+    subtitle(&cv, W - 130, grid_title("Balancing bias, step x expert (blue: pushed down, red: pushed up)", g->L, tbuf, sizeof tbuf));
     if (g->n == 0 || bias_all_zero(g)) {
         Axes ax = panel_axes(&cv, 0, 40, W - 130, H - 40);
         axes_draw(&ax, NULL, "step", "expert");
@@ -520,7 +534,7 @@ int chart_bias_heatmap(const RunLog *r, const char *path, MoeErr *err) {
     double amax = 0;
     for (size_t i = 0; i < (size_t)g->n * g->L * g->E; i++)
         if (isfinite(g->bias[i]) && fabs(g->bias[i]) > amax) amax = fabs(g->bias[i]);
-    for (int li = 0; li < g->L; li++) {
+    for (int li = 0; li < g->L && li < MAX_PANELS; li++) {
         Axes ax = panel_axes(&cv, (li % cols) * pw, 40 + (li / cols) * ph, pw, ph);
         ax.no_yticks = 1;
         axes_set_x(&ax, g->step[0], step_end(g));
@@ -728,8 +742,10 @@ static int matrix_grid(const char *path, const char *title, int n, const float *
                        MoeErr *err) {
     int gc, gr;
     grid_dims(n, &gc, &gr);
+    if (n > MAX_PANELS) n = MAX_PANELS;
     int pw = cols > 16 ? 420 : (gc >= 4 ? 300 : 360), ph = row_names ? 60 + 40 + rows * 22 : pw - 20;
     if (ph < 200) ph = 200;
+    if (ph > 900) ph = 900;
     int left = (row_names ? 40 : 0) + (yl ? 22 : 0);
     int W = gc * (pw + left) + 140, H = 44 + gr * ph;
     Canvas cv;
