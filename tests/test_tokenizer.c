@@ -645,6 +645,40 @@ static void test_train_deterministic(void) {
     test_end();
 }
 
+// DeepSeek-style added tokens: bos/eos/pad found by name, matched leftmost-longest
+static void test_deepseek_specials(void) {
+    test_begin("tokenizer_deepseek_special_names");
+    const char *json =
+        "{\"added_tokens\":["
+        "{\"id\":4,\"content\":\"<\xef\xbd\x9c" "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>\",\"special\":true,\"normalized\":true},"
+        "{\"id\":5,\"content\":\"<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>\",\"special\":true},"
+        "{\"id\":6,\"content\":\"<\xef\xbd\x9c\xe2\x96\x81pad\xe2\x96\x81\xef\xbd\x9c>\",\"special\":true},"
+        "{\"id\":7,\"content\":\"<|x|>\",\"special\":false},{\"id\":8,\"content\":\"<|x|>y\",\"special\":false}],"
+        "\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":[]},"
+        "\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false},"
+        "\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":[]},"
+        "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"<\":2,\">\":3},\"merges\":[]}}";
+    MoeErr err;
+    Tokenizer *tok = tokenizer_load_json(json, strlen(json), "ds.json", &err);
+    CHECK(tok != NULL, "load: %s", tok ? "" : err.msg);
+    if (tok) {
+        CHECK(tokenizer_bos_id(tok) == 4 && tokenizer_eos_id(tok) == 5 && tokenizer_pad_id(tok) == 6, "bos/eos/pad %d %d %d",
+              tokenizer_bos_id(tok), tokenizer_eos_id(tok), tokenizer_pad_id(tok));
+        TokIds ids = {0};
+        const char *s = "a<|x|>yb<|x|>a";
+        tokenizer_encode(tok, s, strlen(s), TOK_ENCODE_SPECIAL, &ids, &err);
+        CHECK(ids.n == 5 && ids.ids[0] == 0 && ids.ids[1] == 8 && ids.ids[2] == 1 && ids.ids[3] == 7 && ids.ids[4] == 0,
+              "leftmost-longest added tokens (%zu ids)", ids.n);
+        CHECK(!tokenizer_is_special(tok, 7) && tokenizer_is_special(tok, 5), "special flags");
+        char *js = tokenizer_to_json(tok, &err);
+        CHECK(js && strstr(js, "TemplateProcessing"), "post_processor kept when saving");
+        free(js);
+        tok_ids_free(&ids);
+        tokenizer_free(tok);
+    }
+    test_end();
+}
+
 static void test_fuzz_loader(void) {
     test_begin("tokenizer_fuzz_json_loader");
     // seed: a trained tokenizer's JSON plus the tiny one; mutate bytes, truncate, splice
@@ -720,6 +754,7 @@ int main(void) {
     test_bad_files();
     test_split_behaviors();
     test_train_deterministic();
+    test_deepseek_specials();
     test_fuzz_loader();
     char cmd[512];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", g_dir);
