@@ -300,6 +300,33 @@ static void check_top_k(void) {
         }
         CHECK_CLOSE(sum, 1.0, 1e-5, 0.0, "top-k mass");
     }
+    // ties at the boundary go to the lower ids: all equal, k = 3 keeps 0, 1, 2
+    for (int i = 0; i < SV; i++) lg[i] = 0.5f;
+    lg[50] = 2.0f;
+    SampleOpts o = {1.0f, 3, 1.0f};
+    CHECK(sample_distribution(lg, SV, &o, probs, idx) == 3, "tied top-k keeps a wrong count");
+    CHECK(probs[50] > 0.0f && probs[0] > 0.0f && probs[1] > 0.0f && probs[2] == 0.0f && probs[3] == 0.0f,
+          "tied top-k: kept the wrong ids");
+    // a large vocabulary: the selection equals a full sort's first k
+    enum { BV = 5000 };
+    float *big = (float *)malloc(sizeof(float) * BV), *bp = (float *)malloc(sizeof(float) * BV);
+    int *bi = (int *)malloc(sizeof(int) * BV);
+    random_logits(big, BV, 999, 1.0f);
+    for (int i = 0; i < BV; i += 7) big[i] = big[i / 2];  // some exact ties
+    SampleOpts ok = {1.0f, 100, 1.0f};
+    CHECK(sample_distribution(big, BV, &ok, bp, bi) == 100, "large top-k count");
+    for (int r = 1; r < 100; r++)
+        CHECK(big[bi[r - 1]] > big[bi[r]] || (big[bi[r - 1]] == big[bi[r]] && bi[r - 1] < bi[r]),
+              "top-k not sorted at rank %d", r);
+    int n_better = 0;  // every token outside the kept set ranks after the worst kept one
+    for (int i = 0; i < BV; i++) {
+        int w = bi[99];
+        if (bp[i] == 0.0f && (big[i] > big[w] || (big[i] == big[w] && i < w))) n_better++;
+    }
+    CHECK(n_better == 0, "%d tokens outside the top-k rank above its last member", n_better);
+    free(big);
+    free(bp);
+    free(bi);
     test_end();
 }
 

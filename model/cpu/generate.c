@@ -211,6 +211,33 @@ static int by_logit_desc(const void *a, const void *b, void *ctx) {
     return (i > j) - (i < j);  // ties: lower id first
 }
 
+// is token i ranked after token j (smaller logit, or equal logit and larger id)?
+static int ranks_after(const float *lg, int i, int j) { return lg[i] < lg[j] || (lg[i] == lg[j] && i > j); }
+
+static void heap_sift_down(const float *lg, int *h, int k, int at) {
+    for (;;) {
+        int l = 2 * at + 1, r = l + 1, worst = at;
+        if (l < k && ranks_after(lg, h[l], h[worst])) worst = l;
+        if (r < k && ranks_after(lg, h[r], h[worst])) worst = r;
+        if (worst == at) return;
+        int t = h[at];
+        h[at] = h[worst];
+        h[worst] = t;
+        at = worst;
+    }
+}
+
+// the k best-ranked ids of lg (V) into out[0..k), unordered: a heap whose root is the worst kept
+static void top_k_select(const float *lg, int V, int k, int *out) {
+    for (int i = 0; i < k; i++) out[i] = i;
+    for (int i = k / 2 - 1; i >= 0; i--) heap_sift_down(lg, out, k, i);
+    for (int i = k; i < V; i++) {
+        if (ranks_after(lg, i, out[0])) continue;
+        out[0] = i;
+        heap_sift_down(lg, out, k, 0);
+    }
+}
+
 static int argmax(const float *v, int n) {
     int best = 0;
     for (int i = 1; i < n; i++)
@@ -225,9 +252,13 @@ int sample_distribution(const float *logits, int V, const SampleOpts *o, float *
         probs[idx[0]] = 1.0f;
         return 1;
     }
-    for (int i = 0; i < V; i++) idx[i] = i;
-    qsort_r(idx, (size_t)V, sizeof(int), by_logit_desc, (void *)logits);
     int kept = (o->top_k > 0 && o->top_k < V) ? o->top_k : V;
+    if (kept < V) {
+        top_k_select(logits, V, kept, idx);  // O(V log k), then sort only the k
+    } else {
+        for (int i = 0; i < V; i++) idx[i] = i;
+    }
+    qsort_r(idx, (size_t)kept, sizeof(int), by_logit_desc, (void *)logits);
     // softmax over the kept tokens (sorted: idx[0] has the largest logit)
     float mx = logits[idx[0]], inv_t = 1.0f / o->temperature;
     double sum = 0.0;
