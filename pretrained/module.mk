@@ -13,7 +13,7 @@ test_nf4_MODS := pretrained tokenizer common
 
 TEST_PROGS += test_pretrained
 test_pretrained_SRCS := tests/test_pretrained.c
-test_pretrained_MODS := pretrained tokenizer common
+test_pretrained_MODS := pretrained speculate tokenizer common
 
 PROGRAMS += collect
 collect_SRCS := pretrained/collect.c
@@ -35,3 +35,4 @@ COLLECT_FLAGS ?=
 collect: $(BUILD)/collect $(BUILD)/pt_tiny
 	@if [ "$(MODEL)" = "$(COLLECT_TINY)" ] && [ ! -f $(COLLECT_TINY)/config.json ]; then $(BUILD)/pt_tiny --out $(COLLECT_TINY); fi
 	$(BUILD)/collect --model $(MODEL) --data "$(DATA)" --out $(OUT) $(COLLECT_FLAGS)
+SHELL_TESTS += tests/test_collect.sh

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "../pretrained/ptmodel.h"
+#include "../speculate/trace.h"
 #include "../pretrained/tiny.h"
 #include "test.h"
 
@@ -501,7 +502,86 @@ static void edit_config(const char *dir, const char *from, const char *to) {
     free(text);
 }
 
-int main(void) {
+// `test_pretrained --check-trace TRACE MODEL_DIR QUANT`: read a trace written by `collect`
+// (through speculate's reader), rebuild its sequences from the records, run the model again
+// and check that every recorded choice equals the top-K recomputed from the gate logits, the
+// weights match, and the gate-reuse field equals the forward's prediction.
+static int check_trace(const char *trace_path, const char *model_dir, const char *quant) {
+    MoeErr err = {{0}};
+    Trace tr;
+    test_begin("collect_trace_reads_back");
+    int rc = trace_read(trace_path, &tr, &err);
+    CHECK(rc == 0, "%s", err.msg);
+    test_end();
+    if (rc) return test_summary();
+    PtModel m;
+    PtLoadOptions lo = {strcmp(quant, "nf4") == 0 ? PT_QUANT_NF4 : PT_QUANT_NONE, 1, 0};
+    test_begin("collect_trace_matches_recomputed_routing");
+    rc = pt_model_load(&m, model_dir, &lo, &err);
+    CHECK(rc == 0, "%s", err.msg);
+    if (rc == 0) {
+        const PtConfig *c = &m.cfg;
+        const int M = tr.h.n_layers, K = tr.h.K, E = tr.h.E;
+        CHECK(M == c->n_moe_layers && K == c->top_k && E == c->n_routed_experts, "header sizes");
+        for (int l = 0, mi = 0; l < c->n_layers; l++)
+            if (c->is_moe[l]) CHECK(tr.h.layer_idx[mi++] == l, "layer_idx");
+        int64_t bad_ids = 0, bad_top = 0, bad_reuse = 0, n_seq = 0;
+        double max_wd = 0;
+        size_t i = 0;
+        while (i < tr.n) {  // one sequence at a time: records are contiguous, positions 0..T-1
+            size_t j = i;
+            while (j < tr.n && tr.seq[j] == tr.seq[i]) j++;
+            int T = (int)(j - i);
+            int32_t *tok = (int32_t *)mallocCheck((size_t)T * sizeof(int32_t));
+            for (int t = 0; t < T; t++) {
+                CHECK(tr.pos[i + t] == (uint32_t)t, "positions in order");
+                tok[t] = (int32_t)tr.token[i + t];
+            }
+            int64_t ss[2] = {0, T};
+            PtRouting rt;
+            if (pt_routing_alloc(&rt, &m, T, 1, &err) != 0 || pt_forward(&m, tok, ss, 1, NULL, &rt, PT_REUSE_MID, &err) != 0) {
+                CHECK(0, "%s", err.msg);
+                free(tok);
+                break;
+            }
+            for (int t = 0; t < T; t++)
+                for (int mi = 0; mi < M; mi++) {
+                    double lg[256], w[64];
+                    int ids[64];
+                    for (int e = 0; e < E; e++) lg[e] = rt.gate_logits[((size_t)mi * T + t) * E + e];
+                    ref_route(c, lg, m.layers[rt.moe_block[mi]].router_bias, ids, w);
+                    for (int k = 0; k < K; k++) {
+                        size_t r = ((i + t) * (size_t)M + mi) * K + k;
+                        if (tr.ids[r] != ids[k]) bad_top++;
+                        if (tr.ids[r] != rt.ids[((size_t)mi * T + t) * K + k]) bad_ids++;
+                        else max_wd = fmax(max_wd, fabs(tr.weights[r] - w[k]));
+                        if (tr.reuse && mi + 1 < M && tr.reuse[((i + t) * (size_t)(M - 1) + mi) * K + k] != rt.reuse[((size_t)mi * T + t) * K + k])
+                            bad_reuse++;
+                    }
+                }
+            pt_routing_free(&rt);
+            free(tok);
+            n_seq++;
+            i = j;
+        }
+        printf("  %lld sequences, %zu records: %lld ids differ from the forward, %lld from a top-K of the gate logits, "
+               "max weight diff %.3g, %lld reuse ids differ\n",
+               (long long)n_seq, tr.n, (long long)bad_ids, (long long)bad_top, max_wd, (long long)bad_reuse);
+        CHECK(n_seq > 0 && bad_ids == 0 && bad_top == 0 && bad_reuse == 0 && max_wd < 1e-5, "trace differs from recomputation");
+        CHECK(tr.reuse != NULL || M < 2, "gate-reuse field present");
+        pt_model_free(&m);
+    }
+    test_end();
+    trace_free(&tr);
+    return test_summary();
+}
+
+int main(int argc, char **argv) {
+    if (argc == 5 && strcmp(argv[1], "--check-trace") == 0) return check_trace(argv[2], argv[3], argv[4]);
+    if (argc != 1) {
+        fprintf(stderr, "usage: test_pretrained [--check-trace TRACE MODEL_DIR nf4|none]\n");
+        return 2;
+    }
     snprintf(tmpdir, sizeof(tmpdir), "/tmp/test_pretrained_XXXXXX");
     if (!mkdtemp(tmpdir)) return 1;
     MoeErr err = {{0}};
