@@ -14,4 +14,4 @@ TEST_PROGS += test_plots
 test_plots_SRCS := tests/test_plots.c
 test_plots_MODS := plots common
 
-SHELL_TESTS += tests/test_report_html.sh
+SHELL_TESTS += tests/test_report_cli.sh tests/test_report_html.sh
