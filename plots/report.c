@@ -289,6 +289,7 @@ int chart_share_grid(const RunLog *r, const char *path, MoeErr *err) {
     grid_dims(g->L, &cols, &rows);
     int pw = cols >= 4 ? 300 : 380, ph = 220;
     int W = cols * pw + 130, H = 40 + rows * ph;
+    if (W < 760) W = 760;
     Canvas cv;
     if (canvas_init(&cv, W, H, RGB_WHITE, err)) return -1;
     char tbuf[256];
@@ -521,6 +522,7 @@ int chart_bias_heatmap(const RunLog *r, const char *path, MoeErr *err) {
     grid_dims(g->L, &cols, &rows);
     int pw = cols >= 4 ? 300 : 380, ph = 220;
     int W = cols * pw + 130, H = 40 + rows * ph;
+    if (W < 760) W = 760;
     Canvas cv;
     if (canvas_init(&cv, W, H, RGB_WHITE, err)) return -1;
     char tbuf[256];
@@ -748,6 +750,7 @@ static int matrix_grid(const char *path, const char *title, int n, const float *
     if (ph > 900) ph = 900;
     int left = (row_names ? 40 : 0) + (yl ? 22 : 0);
     int W = gc * (pw + left) + 140, H = 44 + gr * ph;
+    if (W < 760) W = 760;
     Canvas cv;
     if (canvas_init(&cv, W, H, RGB_WHITE, err)) return -1;
     subtitle(&cv, W - 140, title);
