@@ -151,6 +151,13 @@ static void test_presplit(void) {
         CHECK(check_split("deepseek", "Hello world 12 \xe4\xb8\xad\xe6\x96\x87!\n", w, 9), "deepseek pieces");
     }
     test_end();
+    test_begin("tokenizer_presplit_line_anchors");
+    {
+        // ^ and $ are line anchors (as in Oniguruma, which HF uses)
+        const char *w[] = {"a", "  ", "\nb", "  ", "\n", "  ", "c"};
+        CHECK(check_split(" +$|^ +", "a  \nb  \n  c", w, 7), "line anchors");
+    }
+    test_end();
     test_begin("tokenizer_presplit_invalid_utf8");
     {
         // invalid bytes are single pieces; the valid runs around them are split normally

@@ -384,7 +384,8 @@ static char *rx_rewrite(const char *pat) {
 
 int tok_step_compile(TokStep *st, const char *name, MoeErr *err) {
     const char *pat = NULL;
-    uint32_t opts = PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK;
+    // MULTILINE: Oniguruma's default (Ruby) syntax, which HF uses, makes ^ and $ line anchors
+    uint32_t opts = PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK | PCRE2_MULTILINE;
     if (st->kind == TOK_STEP_SPLIT) {
         pat = st->pattern;
         if (!st->is_regex) opts = PCRE2_UTF | PCRE2_NO_UTF_CHECK | PCRE2_LITERAL;  // UCP is not allowed here

@@ -189,6 +189,10 @@ def main():
             styles[f"split_{beh}{'_invert' if inv else ''}"] = pre_tokenizers.Sequence(
                 [pre_tokenizers.Split(Regex(r"\s+|[.,;]"), behavior=beh, invert=inv),
                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    # ^ and $ are line anchors in Oniguruma (Ruby syntax)
+    styles["split_line_anchors"] = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(r"[ \t]+$|^[ \t]+|\s+$"), behavior="isolated", invert=False),
+         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
     styles["split_string"] = pre_tokenizers.Sequence(
         [pre_tokenizers.Split(" ", behavior="merged_with_next", invert=False),
          pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
