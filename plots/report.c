@@ -275,7 +275,6 @@ int chart_share_layer(const RunLog *r, int li, const char *path, Axes *ax_out, M
     return save_png(&cv, path, err);
 }
 
-
 static void grid_dims(int n, int *cols, int *rows) {
     if (n > MAX_PANELS) n = MAX_PANELS;
     *cols = n <= 1 ? 1 : (n <= 4 ? 2 : (n <= 9 ? 3 : 4));
@@ -731,11 +730,6 @@ int chart_dropped(const RunLog *r, const char *path, Axes *ax_out, MoeErr *err) 
 
 // ---------------------------------------------------------------------------------------
 // co-activation and domain specialisation (grids of small heatmaps)
-
-typedef struct {
-    const char *title;
-    char panel_title[64];
-} PanelInfo;
 
 // draws n panels of (rows x cols) matrices m[p] with shared scale; labels: expert numbers
 static int matrix_grid(const char *path, const char *title, int n, const float *m, int rows, int cols,
