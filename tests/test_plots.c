@@ -341,6 +341,44 @@ static void test_canvas_png_text(void) {
     test_end();
 }
 
+// heatmap + colour bar primitives with the diverging map on a log scale (as the domain chart)
+static void test_heatmap_primitive(void) {
+    test_begin("heatmap_diverging_log_cells_colorbar");
+    Canvas cv;
+    MoeErr err;
+    CHECK(canvas_init(&cv, 500, 320, RGB_WHITE, &err) == 0, "init");
+    Axes ax = axes_in_box(&cv, 0, 0, 400, 320);
+    ax.no_xticks = ax.no_yticks = 1;
+    axes_draw(&ax, "t", "x", "y");
+    float v[12] = {0.25f, 0.5f, 1.0f, 2.0f, 4.0f, 8.0f, 0.1f, NAN, 1.5f, 0.75f, 3.0f, 1.0f};
+    heatmap_draw(&ax, v, 3, 4, 0.25, 4.0, 1, cmap_diverging, "%.2f");
+    colorbar_draw(&cv, 430, ax.y0, 16, ax.y1, 0.25, 4.0, 1, cmap_diverging, NULL);
+    int bad = 0;
+    for (int r = 0; r < 3; r++)
+        for (int c = 0; c < 4; c++) {
+            int x0, y0, x1, y1;
+            heatmap_cell_rect(&ax, 3, 4, r, c, &x0, &y0, &x1, &y1);
+            Rgb want = heatmap_color(v[r * 4 + c], 0.25, 4.0, 1, cmap_diverging);
+            if (rgb_dist(canvas_get(&cv, x0 + 2, y0 + 2), want) > 0) bad++;
+        }
+    CHECK(bad == 0, "%d cells differ", bad);
+    int x0, y0, x1, y1;
+    heatmap_cell_rect(&ax, 3, 4, 0, 2, &x0, &y0, &x1, &y1);  // value 1 -> the white centre
+    CHECK(rgb_dist(canvas_get(&cv, x0 + 2, y0 + 2), (Rgb){0xf7, 0xf7, 0xf7}) <= 1, "1.0 not white");
+    heatmap_cell_rect(&ax, 3, 4, 0, 0, &x0, &y0, &x1, &y1);  // 0.25 -> darkest blue, 8 clamps to darkest red
+    CHECK(rgb_dist(canvas_get(&cv, x0 + 2, y0 + 2), cmap_diverging(0)) <= 1, "vmin colour");
+    heatmap_cell_rect(&ax, 3, 4, 1, 1, &x0, &y0, &x1, &y1);
+    CHECK(rgb_dist(canvas_get(&cv, x0 + 2, y0 + 2), cmap_diverging(1)) <= 1, "clamped vmax colour");
+    heatmap_cell_rect(&ax, 3, 4, 1, 3, &x0, &y0, &x1, &y1);
+    CHECK(rgb_dist(canvas_get(&cv, x0 + 2, y0 + 2), RGB_NODATA) == 0, "NaN cell grey");
+    // colour bar: the middle (value 1 on a symmetric log scale) is white, the top dark red
+    Rgb mid = canvas_get(&cv, 438, (ax.y0 + ax.y1) / 2), top = canvas_get(&cv, 438, ax.y0 + 1);
+    CHECK(rgb_dist(mid, (Rgb){0xf7, 0xf7, 0xf7}) <= 3, "colour bar middle %d,%d,%d", mid.r, mid.g, mid.b);
+    CHECK(rgb_dist(top, cmap_diverging(1)) <= 3, "colour bar top");
+    canvas_free(&cv);
+    test_end();
+}
+
 static void test_collapse_detector(void) {
     test_begin("collapse_detector_events");
     CollapseParams p;
@@ -954,6 +992,7 @@ int main(int argc, char **argv) {
     test_colormaps();
     test_ticks();
     test_canvas_png_text();
+    test_heatmap_primitive();
     test_collapse_detector();
     snprintf(dir, sizeof dir, "%s/run", g_tmp);
     test_charts(dir);
