@@ -81,6 +81,8 @@ def domain_texts():
     pool = (list("aZé'sS tT\n\r\t  09.,;!?-_()[]{}<>\"'/\\|`~@#$%^&*+=") + ["'s", "'T", "'re", "'LL", "\r\n", "  ", "\u00a0"]
             + ["中", "文", "é", "ß", "Ω", "й", "ع", "😀", "👍🏽", "①", "²", "٣", "\u0301", "\u200d", "ｶ", "ー", "가"])
     texts["random_mix"] = "".join(rnd.choice(pool) for _ in range(6000))
+    cps = [c for c in (rnd.randrange(0x20, 0x32400) for _ in range(12000)) if not 0xD800 <= c < 0xE000]
+    texts["random_codepoints"] = "".join(chr(c) + rnd.choice(["", "", " ", "'s ", "1", "\n", "  "]) for c in cps)
     texts["specials"] = "<|begin_of_text|>Hello world<|end_of_text|><|pad|> text after <|pad|>"
     # the built-in corpus, when `make data` has built it
     for p in sorted(glob.glob("data/cache/**/*.txt", recursive=True))[:6]:
