@@ -1,7 +1,7 @@
 # pretrained/: Hugging Face interop (safetensors, config.json), NF4 4-bit quantization,
 # the forward pass of pretrained MoE models, and the `collect` trace collector.
 MODULES += pretrained
-pretrained_SRCS := pretrained/safetensors.c pretrained/nf4.c pretrained/hfconfig.c pretrained/ptmodel.c pretrained/tiny.c
+pretrained_SRCS := pretrained/safetensors.c pretrained/nf4.c pretrained/hfconfig.c pretrained/ptmodel.c pretrained/tiny.c pretrained/export.c
 
 TEST_PROGS += test_safetensors
 test_safetensors_SRCS := tests/test_safetensors.c
@@ -36,3 +36,11 @@ collect: $(BUILD)/collect $(BUILD)/pt_tiny
 	@if [ "$(MODEL)" = "$(COLLECT_TINY)" ] && [ ! -f $(COLLECT_TINY)/config.json ]; then $(BUILD)/pt_tiny --out $(COLLECT_TINY); fi
 	$(BUILD)/collect --model $(MODEL) --data "$(DATA)" --out $(OUT) $(COLLECT_FLAGS)
 SHELL_TESTS += tests/test_collect.sh
+
+TEST_PROGS += test_pretrained_export
+test_pretrained_export_SRCS := tests/test_pretrained_export.c
+test_pretrained_export_MODS := pretrained model tokenizer common
+
+PROGRAMS += export
+export_SRCS := pretrained/export_main.c
+export_MODS := pretrained ckpt data model tokenizer common

@@ -561,13 +561,15 @@ void pt_route(const PtModel *m, int l, const float *logits, int32_t *ids, float 
     if (c->arch == PT_DEEPSEEK_V3 && c->n_group > 1) {
         int G = c->n_group, per = E / G;
         float gs[256];
-        for (int g = 0; g < G; g++) {  // group score: sum of the top-2 biased scores
+        // group score: sum of the top-2 biased scores; the max score when the checkpoint has
+        // no e_score_correction_bias (DeepSeek-V3 inference/model.py: bias None -> amax)
+        for (int g = 0; g < G; g++) {
             float a = -FLT_MAX, b = -FLT_MAX;
             for (int e = g * per; e < (g + 1) * per; e++) {
                 float x = choice[e];
                 if (x > a) { b = a; a = x; } else if (x > b) b = x;
             }
-            gs[g] = per >= 2 ? a + b : a;
+            gs[g] = per >= 2 && y->router_bias ? a + b : a;
         }
         int32_t keep[256];
         topk(gs, G, c->topk_group, keep);

@@ -17,7 +17,9 @@
 //                 kv_a_layernorm, kv_b_proj -> per head [k_nope, v]); RoPE on interleaved
 //                 pairs of q_pe / k_pe only; scale (nope + rope)^-1/2; sigmoid gate,
 //                 e_score_correction_bias added for selection only, group-limited routing
-//                 (group score = sum of its top-2 biased scores, best topk_group groups),
+//                 (group score = sum of its top-2 biased scores, or its max score when the
+//                 checkpoint has no correction bias as in DeepSeek-V3's inference code; the
+//                 best topk_group groups are kept),
 //                 weights = unbiased scores renormalised when norm_topk_prob, times
 //                 routed_scaling_factor.
 //  Top-K ties go to the lower expert index.
