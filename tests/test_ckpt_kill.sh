@@ -71,10 +71,10 @@ else
   fail ckpt_kill_save_after_crash "$(head -c 300 "$tmp/out4") $(head -c 300 "$tmp/out5" 2>/dev/null)"
 fi
 
-# 6. the real trainer: kill -9 while `train --resume` writes its step-16 checkpoint; the step-8
-#    checkpoint must still resume, and the finished run must equal a straight 16-step run bit
+# 6. the real trainer: kill -9 while `train --resume` writes its step-8 checkpoint; the step-4
+#    checkpoint must still resume, and the finished run must equal a straight 8-step run bit
 #    for bit (parameters, AdamW state, biases, train state). The resumes repeat --val-every 0
-#    --ckpt-every 8: `train --resume` does not restore those two from the original run.
+#    --ckpt-every 4: `train --resume` does not restore those two from the original run.
 TRAIN="$BUILD/train"; GEN="$BUILD/gen_shards"; CMP="$BUILD/ckpt_compare"
 if [ ! -x "$TRAIN" ] || [ ! -x "$GEN" ] || [ ! -x "$CMP" ]; then
   echo "SKIP ckpt_kill_trainer: $TRAIN, $GEN or $CMP is not built"
@@ -90,12 +90,12 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
     { echo "FAIL ckpt_kill_trainer: gen_shards failed: $(tail -2 gen.log)"; exit 1; }
   TINY=(--train-data train.bin --val-data val.bin -C 32 -L 2 -H 2 --kv-lora-rank 16 --qk-nope-dim 8 --qk-rope-dim 4
         --v-head-dim 8 --inter-dim 64 --moe-inter-dim 16 -E 4 -K 2 -b 2 -t 32 --report-every 0 --sample-every 0
-        --log-every 1000 --val-every 0 --ckpt-every 8 -x 16)
+        --log-every 1000 --val-every 0 --ckpt-every 4 -x 8)
   "$TRAIN" "${TINY[@]}" --name straight > straight.log 2>&1 ||
     { echo "FAIL ckpt_kill_trainer: straight run failed: $(tail -2 straight.log)"; exit 1; }
-  "$TRAIN" "${TINY[@]}" --name k --stop-after 8 > k1.log 2>&1 ||
+  "$TRAIN" "${TINY[@]}" --name k --stop-after 4 > k1.log 2>&1 ||
     { echo "FAIL ckpt_kill_trainer: first half failed: $(tail -2 k1.log)"; exit 1; }
-  MOE_CKPT_PAUSE_MS=60000 "$TRAIN" --resume k --val-every 0 --ckpt-every 8 > k2.log 2>&1 &
+  MOE_CKPT_PAUSE_MS=60000 "$TRAIN" --resume k --val-every 0 --ckpt-every 4 > k2.log 2>&1 &
   tp=$!
   ok=0
   for _ in $(seq 1 1200); do  # up to ~60 s
@@ -106,16 +106,16 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
   kill -9 "$tp" 2>/dev/null
   wait "$tp" 2>/dev/null
   if [ "$ok" -ne 1 ]; then echo "FAIL ckpt_kill_trainer: the trainer never reached the pause hook: $(tail -3 k2.log)"; exit 1; fi
-  if [ -e checkpoints/k/step_00000016.ckpt ] || [ "$(cat checkpoints/k/latest)" != "step_00000008.ckpt" ]; then
+  if [ -e checkpoints/k/step_00000008.ckpt ] || [ "$(cat checkpoints/k/latest)" != "step_00000004.ckpt" ]; then
     echo "FAIL ckpt_kill_trainer: after the kill: $(ls checkpoints/k | tr '\n' ' '), latest $(cat checkpoints/k/latest)"
     exit 1
   fi
-  "$TRAIN" --resume k --val-every 0 --ckpt-every 8 > k3.log 2>&1 ||
+  "$TRAIN" --resume k --val-every 0 --ckpt-every 4 > k3.log 2>&1 ||
     { echo "FAIL ckpt_kill_trainer: resume after the kill failed: $(tail -3 k3.log)"; exit 1; }
-  if ! grep -q "step_00000008.ckpt" k3.log; then
-    echo "FAIL ckpt_kill_trainer: did not resume from step 8: $(grep -i resum k3.log | head -2)"; exit 1
+  if ! grep -q "step_00000004.ckpt" k3.log; then
+    echo "FAIL ckpt_kill_trainer: did not resume from step 4: $(grep -i resum k3.log | head -2)"; exit 1
   fi
-  if ! "$CMP" checkpoints/straight/step_00000016.ckpt checkpoints/k/step_00000016.ckpt > cmp.log 2>&1; then
+  if ! "$CMP" checkpoints/straight/step_00000008.ckpt checkpoints/k/step_00000008.ckpt > cmp.log 2>&1; then
     echo "FAIL ckpt_kill_trainer: killed-and-resumed run differs from the straight run: $(head -c 300 cmp.log)"; exit 1
   fi
   echo "PASS ckpt_kill_trainer"
