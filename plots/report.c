@@ -688,6 +688,48 @@ int chart_train_stats(const RunLog *r, const char *path, MoeErr *err) {
     return save_png(&cv, path, err);
 }
 
+int chart_top1(const RunLog *r, const char *path, Axes *ax_out, MoeErr *err) {
+    const RoutingLog *g = &r->routing;
+    Canvas cv;
+    if (canvas_init(&cv, REPORT_W, REPORT_H, RGB_WHITE, err)) return -1;
+    Axes ax = axes_in_box(&cv, 0, 0, REPORT_W, REPORT_H);
+    const char *title = "Mean top-1 routing weight per MoE layer (after renormalisation and route_scale)";
+    if (g->n == 0 || !any_finite(g->top1, (size_t)g->n * g->L)) {
+        axes_draw(&ax, title, "step", "largest routing weight");
+        axes_message(&ax, "no data");
+    } else {
+        x_range(g, &ax);
+        double *all = col_of(g->top1, g->n * g->L, 1, 0);
+        if (all) {
+            axes_fit_y(&ax, all, g->n * g->L);
+            free(all);
+        }
+        const cJSON *cfg = r->run ? cJSON_GetObjectItemCaseSensitive(r->run, "config") : NULL;
+        double rs = json_num(cfg, "route_scale");
+        if (!(rs > 0)) rs = 1.0;
+        axes_set_y(&ax, 0, fmax(ax.ymax, rs * 1.02));
+        axes_draw(&ax, title, "step", "largest routing weight");
+        double eq = rs / (g->K > 0 ? g->K : 1);
+        axes_hline(&ax, eq, RGB_AXIS, 1.5f, 1);
+        char lab[80];
+        snprintf(lab, sizeof lab, "equal split over the K = %d chosen experts: %.3g", g->K, eq);
+        canvas_text(&cv, (float)ax.x0 + 6, (float)axes_px_y(&ax, eq) + 4, lab, 12.0f, RGB_AXIS, TEXT_LEFT, TEXT_TOP, 0);
+        if (per_layer_lines(r, g->top1, &ax, 1.0, -DBL_MAX)) {
+            canvas_free(&cv);
+            return moe_err_set(err, "%s: out of memory", path);
+        }
+        draw_events(&ax, r, -1);
+        char names[256][32];
+        const char *ptrs[256];
+        Rgb colors[256];
+        layer_names(g, names, ptrs, 256);
+        for (int li = 0; li < g->L && li < 256; li++) colors[li] = palette_color(li, g->L);
+        axes_legend(&ax, ptrs, colors, NULL, g->L < 256 ? g->L : 256, 0);
+    }
+    if (ax_out) *ax_out = ax;
+    return save_png(&cv, path, err);
+}
+
 int chart_dropped(const RunLog *r, const char *path, Axes *ax_out, MoeErr *err) {
     const RoutingLog *g = &r->routing;
     Canvas cv;

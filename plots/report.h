@@ -50,6 +50,7 @@ int chart_bias_heatmap(const RunLog *r, const char *path, MoeErr *err);
 int chart_loss(const RunLog *r, const char *path, Axes *ax_out, MoeErr *err);
 int chart_train_stats(const RunLog *r, const char *path, MoeErr *err);
 int chart_dropped(const RunLog *r, const char *path, Axes *ax_out, MoeErr *err);
+int chart_top1(const RunLog *r, const char *path, Axes *ax_out, MoeErr *err);
 int chart_coact_within(const RunLog *r, const char *path, MoeErr *err);
 int chart_coact_across(const RunLog *r, const char *path, MoeErr *err);
 int chart_domains(const RunLog *r, const char *path, MoeErr *err);

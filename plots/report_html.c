@@ -221,6 +221,7 @@ static int wrap_loss(const RunLog *r, const char *p, MoeErr *e) { return chart_l
 static int wrap_entropy(const RunLog *r, const char *p, MoeErr *e) { return chart_entropy(r, p, NULL, e); }
 static int wrap_maxvio(const RunLog *r, const char *p, MoeErr *e) { return chart_maxvio(r, p, NULL, e); }
 static int wrap_dropped(const RunLog *r, const char *p, MoeErr *e) { return chart_dropped(r, p, NULL, e); }
+static int wrap_top1(const RunLog *r, const char *p, MoeErr *e) { return chart_top1(r, p, NULL, e); }
 
 int report_write(const char *run_dir, MoeErr *err) {
     ReportOptions o;
@@ -246,6 +247,7 @@ int report_write_opts(const char *run_dir, const ReportOptions *o, MoeErr *err) 
         {"maxvio.png", wrap_maxvio, 0},            {"bias.png", chart_bias, 0},
         {"bias_heatmap.png", chart_bias_heatmap, 0}, {"loss.png", wrap_loss, 0},
         {"train_stats.png", chart_train_stats, 0}, {"dropped.png", wrap_dropped, 0},
+        {"top1.png", wrap_top1, 0},
         {"coact_within.png", chart_coact_within, 1}, {"coact_across.png", chart_coact_across, 1},
         {"domains.png", chart_domains, 2},
     };
@@ -397,6 +399,10 @@ int report_write_opts(const char *run_dir, const ReportOptions *o, MoeErr *err) 
     figure(&b, "bias_heatmap.png", version,
            "The same biases as step &times; expert heatmaps on a diverging scale: blue = pushed down (expert was "
            "over-loaded), red = pushed up (under-loaded), white = 0.");
+    figure(&b, "top1.png", version,
+           "Mean over tokens of the largest routing weight, per layer (the weights after renormalisation over the "
+           "K chosen experts and route_scale). 1/K &middot; route_scale means the chosen experts share equally; "
+           "values near route_scale mean one expert dominates each token's output.");
     figure(&b, "dropped.png", version,
            "Fraction of token-to-expert assignments dropped by the expert capacity limit, per layer. Dropless runs "
            "(capacity_factor 0) drop nothing and say so.");

@@ -214,6 +214,15 @@ static void routing_line(cJSON *o, void *vctx) {
         if (cJSON_IsArray(bias) && cJSON_GetArraySize(bias) == E) fill_floats(bias, g->bias + base + (size_t)li * E, E);
         size_t k = (size_t)t * L + li;
         g->maxvio[k] = (float)json_num(lo, "maxvio");
+        if (!isfinite(g->maxvio[k])) {  // not logged: derive it from the loads
+            const float *ld = g->load + base + (size_t)li * E;
+            double s = 0, mx = 0;
+            for (int e = 0; e < E; e++) {
+                s += ld[e];
+                if (ld[e] > mx) mx = ld[e];
+            }
+            if (isfinite(s) && s > 0) g->maxvio[k] = (float)((mx - s / E) / (s / E));
+        }
         g->entropy[k] = (float)json_num(lo, "entropy");
         g->dropped[k] = (float)json_num(lo, "dropped");
         g->top1[k] = (float)json_num(lo, "top1_weight");

@@ -657,7 +657,7 @@ static void test_charts(const char *dir) {
     const char *pngs[] = {"load_heatmap.png", "share_layer.png", "share_grid.png", "entropy.png",
                           "maxvio.png",       "bias.png",        "bias_heatmap.png", "loss.png",
                           "train_stats.png",  "dropped.png",     "coact_within.png", "coact_across.png",
-                          "domains.png"};
+                          "domains.png",      "top1.png"};
     for (size_t k = 0; k < sizeof pngs / sizeof pngs[0]; k++) {
         path_in(p, sizeof p, dir, pngs[k]);
         CHECK(load_png(p, &img) == 0, "%s missing or broken", pngs[k]);
