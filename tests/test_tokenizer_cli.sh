@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The `bpe` command line: usage, bad flags and files, train -> encode -> decode round trip of
+# The `tokenizer` command line: usage, bad flags and files, train -> encode -> decode round trip of
 # a file holding NUL bytes and invalid UTF-8.
 set -u
 BUILD=${BUILD:-build}
-BPE=$BUILD/bpe
+BPE=$BUILD/tokenizer
 work=$(mktemp -d /tmp/test_tokenizer_cli.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 check() {  # name, condition result (0 = ok), why

@@ -12,10 +12,10 @@ if ! python3 -c "import tokenizers" 2>/dev/null; then
   echo "SKIP $name: python package tokenizers not installable"
   exit 0
 fi
-if [ ! -x "$BUILD/bpe" ]; then
-  echo "FAIL $name: $BUILD/bpe is not built"
+if [ ! -x "$BUILD/tokenizer" ]; then
+  echo "FAIL $name: $BUILD/tokenizer is not built"
   exit 1
 fi
 work=$(mktemp -d /tmp/test_tokenizer_hf.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-python3 tests/reference/hf_tokenizer_check.py --bpe "$BUILD/bpe" --work "$work"
+python3 tests/reference/hf_tokenizer_check.py --bpe "$BUILD/tokenizer" --work "$work"

@@ -1,8 +1,8 @@
-// bpe: command-line front end of the byte-level BPE tokenizer.
-//   bpe train  -o tok.json [-v 8192] [-p gpt4] [-s specials] [-m 2] FILE...
-//   bpe encode -t tok.json [-S] [-o out] [FILE|-]
-//   bpe decode -t tok.json [-o out] [FILE|-]
-//   bpe stats  -t tok.json [FILE...]
+// tokenizer: command-line front end of the byte-level BPE tokenizer.
+//   tokenizer train  -o tok.json [-v 8192] [-p gpt4] [-s specials] [-m 2] FILE...
+//   tokenizer encode -t tok.json [-S] [-o out] [FILE|-]
+//   tokenizer decode -t tok.json [-o out] [FILE|-]
+//   tokenizer stats  -t tok.json [FILE...]
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,7 +13,7 @@
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: bpe <command> [options]\n"
+            "usage: tokenizer <command> [options]\n"
             "commands:\n"
             "  train   train a byte-level BPE on text files, write a HF tokenizer.json\n"
             "          -o PATH     output tokenizer.json (required)\n"
@@ -41,7 +41,7 @@ static void usage(FILE *f) {
 }
 
 static void die(const char *msg) {
-    fprintf(stderr, "bpe: %s\n", msg);
+    fprintf(stderr, "tokenizer: %s\n", msg);
     exit(EXIT_FAILURE);
 }
 
@@ -80,7 +80,7 @@ static FILE *open_out(const char *path) {
     if (!path || strcmp(path, "-") == 0) return stdout;
     FILE *f = fopen(path, "wb");
     if (!f) {
-        fprintf(stderr, "bpe: cannot write '%s': %s\n", path, strerror(errno));
+        fprintf(stderr, "tokenizer: cannot write '%s': %s\n", path, strerror(errno));
         exit(EXIT_FAILURE);
     }
     return f;
@@ -88,7 +88,7 @@ static FILE *open_out(const char *path) {
 
 static void close_out(FILE *f, const char *path) {
     if (fflush(f) != 0 || ferror(f) || (f != stdout && fclose(f) != 0)) {
-        fprintf(stderr, "bpe: write error on '%s'\n", path ? path : "stdout");
+        fprintf(stderr, "tokenizer: write error on '%s'\n", path ? path : "stdout");
         exit(EXIT_FAILURE);
     }
 }
@@ -98,7 +98,7 @@ static long parse_long(const char *s, const char *flag, long lo, long hi) {
     errno = 0;
     long v = strtol(s, &end, 10);
     if (errno || end == s || *end || v < lo || v > hi) {
-        fprintf(stderr, "bpe: %s expects an integer in [%ld, %ld], got '%s'\n", flag, lo, hi, s);
+        fprintf(stderr, "tokenizer: %s expects an integer in [%ld, %ld], got '%s'\n", flag, lo, hi, s);
         exit(EXIT_FAILURE);
     }
     return v;
@@ -107,14 +107,14 @@ static long parse_long(const char *s, const char *flag, long lo, long hi) {
 // needs a value after flag i
 static const char *flag_value(int argc, char **argv, int *i) {
     if (*i + 1 >= argc) {
-        fprintf(stderr, "bpe: flag %s needs a value (see -h)\n", argv[*i]);
+        fprintf(stderr, "tokenizer: flag %s needs a value (see -h)\n", argv[*i]);
         exit(EXIT_FAILURE);
     }
     return argv[++*i];
 }
 
 static void unknown_flag(const char *f) {
-    fprintf(stderr, "bpe: unknown flag '%s' (see -h)\n", f);
+    fprintf(stderr, "tokenizer: unknown flag '%s' (see -h)\n", f);
     exit(EXIT_FAILURE);
 }
 
@@ -158,7 +158,7 @@ static int cmd_train(int argc, char **argv) {
     for (int f = 0; f < n_files; f++) {
         size_t n;
         char *data = read_input(files[f], &n);
-        if (n == 0) fprintf(stderr, "bpe: warning: '%s' is empty\n", files[f]);
+        if (n == 0) fprintf(stderr, "tokenizer: warning: '%s' is empty\n", files[f]);
         if (tok_trainer_feed(tr, data, n, &err) != 0) die(err.msg);
         total += n;
         free(data);
@@ -168,7 +168,7 @@ static int cmd_train(int argc, char **argv) {
     if (!tok) die(err.msg);
     tok_trainer_free(tr);
     if (tokenizer_save(tok, out, &err) != 0) die(err.msg);
-    fprintf(stderr, "bpe: trained on %zu bytes in %.2f s: vocab %d (%d merges), wrote %s\n", total,
+    fprintf(stderr, "tokenizer: trained on %zu bytes in %.2f s: vocab %d (%d merges), wrote %s\n", total,
             wall_seconds() - t0, tokenizer_vocab_size(tok), tokenizer_n_merges(tok), out);
     tokenizer_free(tok);
     free(sp_copy);
@@ -199,7 +199,7 @@ static int cmd_encode(int argc, char **argv) {
     fprintf(f, "\n");
     close_out(f, out);
     if (tokenizer_invalid_utf8(tok))
-        fprintf(stderr, "bpe: note: %lld invalid UTF-8 sequences in the input (encoded as raw bytes)\n",
+        fprintf(stderr, "tokenizer: note: %lld invalid UTF-8 sequences in the input (encoded as raw bytes)\n",
                 (long long)tokenizer_invalid_utf8(tok));
     tok_ids_free(&ids);
     free(data);
@@ -232,7 +232,7 @@ static int cmd_decode(int argc, char **argv) {
         errno = 0;
         long v = strtol(p, &q, 10);
         if (q == p || errno || v < 0 || v > INT32_MAX) {
-            fprintf(stderr, "bpe: decode: %s: byte %zu: expected a token id\n", in, (size_t)(p - data));
+            fprintf(stderr, "tokenizer: decode: %s: byte %zu: expected a token id\n", in, (size_t)(p - data));
             exit(EXIT_FAILURE);
         }
         if (k == cap) {
@@ -269,7 +269,7 @@ static int cmd_stats(int argc, char **argv) {
         else files[n_files++] = argv[i];
     }
     Tokenizer *tok = load_or_die(tpath);
-    printf("bpe:   %s\n", tpath);
+    printf("tokenizer:   %s\n", tpath);
     printf("vocab size:  %d\n", tokenizer_vocab_size(tok));
     printf("merges:      %d\n", tokenizer_n_merges(tok));
     printf("pre-split:   %s\n", tokenizer_pretok_name(tok));
@@ -318,6 +318,6 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "encode") == 0) return cmd_encode(argc - 2, argv + 2);
     if (strcmp(cmd, "decode") == 0) return cmd_decode(argc - 2, argv + 2);
     if (strcmp(cmd, "stats") == 0) return cmd_stats(argc - 2, argv + 2);
-    fprintf(stderr, "bpe: unknown command '%s' (see -h)\n", cmd);
+    fprintf(stderr, "tokenizer: unknown command '%s' (see -h)\n", cmd);
     return EXIT_FAILURE;
 }

@@ -1,15 +1,14 @@
 # tokenizer: byte-level BPE (train, encode, decode, HF tokenizer.json).
-# The command-line program is `bpe` (build/bpe), not `tokenizer`: the Makefile writes a
-# program to $(BUILD)/NAME and this module's objects to $(BUILD)/tokenizer/, so a program
-# called tokenizer would collide with that folder.
+# The module and the command-line program share the name `tokenizer` and so one SRCS list:
+# libtokenizer.a also holds main.o, which defines only main() and static functions, so
+# the linker never pulls it into other programs (their own main is defined before).
 MODULES += tokenizer
-tokenizer_SRCS := tokenizer/tokenizer.c tokenizer/tok_json.c tokenizer/tok_train.c
-
-PROGRAMS += bpe
-bpe_SRCS := tokenizer/main.c
-bpe_MODS := tokenizer common
+PROGRAMS += tokenizer
+tokenizer_SRCS := tokenizer/tokenizer.c tokenizer/tok_json.c tokenizer/tok_train.c tokenizer/main.c
+tokenizer_MODS := common
 
 PROGRAMS += bench_tokenizer
+BENCH_PROGS += bench_tokenizer
 bench_tokenizer_SRCS := tokenizer/bench.c
 bench_tokenizer_MODS := tokenizer common
 
