@@ -14,7 +14,7 @@
 #include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define HX_ASAN 1
-#define HX_STACK_BYTES (512 * 1024)  // ASan frames are several times larger
+#define HX_STACK_BYTES (128 * 1024)  // ASan frames are larger
 #else
 #define HX_STACK_BYTES (64 * 1024)
 #endif
