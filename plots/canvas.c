@@ -3,6 +3,7 @@
 // they cannot clash with another module's copy).
 #include "plots/canvas.h"
 
+#include <errno.h>
 #include <math.h>
 #include <zlib.h>
 
@@ -168,6 +169,26 @@ static void membuf_write(void *ctx, void *data, int size) {
     m->n += (size_t)size;
 }
 
+int write_file_replace(const char *path, const void *data, size_t n, MoeErr *err) {
+    char tmp[4200];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) return moe_err_set(err, "%s: path too long", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f) return moe_err_set(err, "%s: cannot write (%s)", tmp, strerror(errno));
+    size_t put = n ? fwrite(data, 1, n, f) : 0;
+    int bad = put != n;
+    if (fclose(f) != 0) bad = 1;
+    if (bad) {
+        remove(tmp);
+        return moe_err_set(err, "%s: write failed (disk full?)", tmp);
+    }
+    if (rename(tmp, path) != 0) {
+        int e = errno;
+        remove(tmp);
+        return moe_err_set(err, "%s: cannot rename into place (%s)", path, strerror(e));
+    }
+    return 0;
+}
+
 int canvas_write_png(const Canvas *cv, const char *path, MoeErr *err) {
     MemBuf m = {0};
     int ok = stbi_write_png_to_func(membuf_write, &m, cv->w, cv->h, 3, cv->px, cv->w * 3);
@@ -175,7 +196,7 @@ int canvas_write_png(const Canvas *cv, const char *path, MoeErr *err) {
         free(m.data);
         return moe_err_set(err, "%s: PNG encoding failed", path);
     }
-    int rc = write_file_atomic(path, m.data, m.n, err);
+    int rc = write_file_replace(path, m.data, m.n, err);
     free(m.data);
     return rc;
 }

@@ -1,7 +1,7 @@
 // A small RGB raster canvas for charts: filled and outlined rectangles, anti-aliased lines,
 // anti-aliased text through stb_truetype with DejaVu Sans, perceptual colour maps
 // (viridis, a blue-white-red diverging map) and PNG output through stb_image_write
-// (written atomically: a viewer never sees a half-written PNG).
+// (written to a temporary file and renamed: a viewer never sees a half-written PNG).
 #ifndef MOE_PLOTS_CANVAS_H
 #define MOE_PLOTS_CANVAS_H
 
@@ -41,8 +41,12 @@ void canvas_line(Canvas *cv, float x0, float y0, float x1, float y1, Rgb c, floa
 // dashed version: `dash` pixels on, `gap` pixels off
 void canvas_dashed_line(Canvas *cv, float x0, float y0, float x1, float y1, Rgb c, float width, float dash,
                         float gap);
-// PNG via stb_image_write, written with write_file_atomic()
+// PNG via stb_image_write, written with write_file_replace()
 int canvas_write_png(const Canvas *cv, const char *path, MoeErr *err);
+// Write path.tmp and rename it over path: readers (a browser reloading report.html) never see
+// a half-written file. No fsync: reports are regenerated from the logs at any time, and the
+// trainer refreshes them often (fsync would cost more than the drawing).
+int write_file_replace(const char *path, const void *data, size_t n, MoeErr *err);
 
 // ---------------------------------------------------------------------------------------
 // Text (DejaVu Sans, anti-aliased). `px` is the font's pixel height. Alignment: the anchor

@@ -451,7 +451,7 @@ int report_write_opts(const char *run_dir, const ReportOptions *o, MoeErr *err) 
         free(b.s);
         return moe_err_set(err, "%s/report.html: out of memory", run_dir);
     }
-    rc = write_file_atomic(OUT("report.html"), b.s, b.n, err);
+    rc = write_file_replace(OUT("report.html"), b.s, b.n, err);
     free(b.s);
     return rc;
 #undef OUT
@@ -703,7 +703,7 @@ int report_compare(const char *out_dir, const char *const *run_dirs, int n_runs,
         if (b.oom)
             rc = moe_err_set(err, "%s: out of memory", path);
         else
-            rc = write_file_atomic(path, b.s, b.n, err);
+            rc = write_file_replace(path, b.s, b.n, err);
         free(b.s);
     }
     for (int k = 0; k < loaded; k++) runlog_free(&runs[k]);
