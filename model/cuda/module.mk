@@ -19,6 +19,13 @@ CUDA_SRCS := $(sort $(wildcard model/cuda/*.cu))
 HX_KERNEL_SRCS := tests/cuda_harness/harness_kernels.cu
 HAVE_CUDA_HEADERS := $(wildcard $(CUDA_HOME)/include/cuda_runtime.h)
 
+# the planner and peak table: plain C, always built
+MODULES += cudaplan
+cudaplan_SRCS := model/cuda/plan.c
+TEST_PROGS += test_cuda_plan
+test_cuda_plan_SRCS := tests/test_cuda_plan.c
+test_cuda_plan_MODS := cudaplan model common
+
 HX_CXXFLAGS := -x c++ -std=c++17 $(OPT) -Wall -Wextra -fopenmp -DMOE_CUDA_HARNESS \
                -include tests/cuda_harness/cuda_harness.h -I$(CUDA_HOME)/include
 
