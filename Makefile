@@ -111,7 +111,9 @@ train: deps
 
 # Benchmarks (not tests): ratios measured in the same run.
 bench: deps
-	@$(MAKE) --no-print-directory $(BUILD)/bench_train $(BENCH_PROGS:%=$(BUILD)/%)
+	@$(MAKE) --no-print-directory $(BUILD)/bench_train $(BUILD)/bench_gemm $(BUILD)/bench_gemm_openblas $(BENCH_PROGS:%=$(BUILD)/%)
+	@echo "== GEMM backends on the model's shapes (each in its own process) =="
+	@./$(BUILD)/bench_gemm && ./$(BUILD)/bench_gemm_openblas
 	@echo "== CPU training throughput (default config) =="
 	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} ./$(BUILD)/bench_train 10
 	@for b in $(BENCH_PROGS); do echo "== $$b =="; ./$(BUILD)/$$b || exit 1; done
