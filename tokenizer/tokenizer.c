@@ -133,12 +133,8 @@ size_t tok_text_to_bytes(const char *text, size_t n, char *out) {
 }
 
 char *tok_bytes_to_text(const char *bytes, size_t n) {
-    static uint32_t map[256];
-    static int init = 0;
-    if (!init) {  // idempotent, so a race only writes the same values
-        tok_byte_to_unicode(map);
-        init = 1;
-    }
+    uint32_t map[256];  // cheap to build; no shared state, so safe from any thread
+    tok_byte_to_unicode(map);
     char *out = malloc(2 * n + 1);
     if (!out) return NULL;
     size_t o = 0;
@@ -606,6 +602,38 @@ static int presplit_valid(const Tokenizer *tok, TokSplitter *sp, const char *tex
         while (half < n && (text[half] & 0xC0) == 0x80) half++;
         if (presplit_valid(tok, sp, text, half, fn, ctx)) return -1;
         return presplit_valid(tok, sp, text + half, n - half, fn, ctx);
+    }
+    // fast path: a single regex step with behavior Isolated (GPT-2 ByteLevel, or one Split +
+    // ByteLevel without prefix space): matches and gaps go straight to fn
+    const TokStep *only = NULL;
+    int active = 0;
+    for (int s = 0; s < tok->n_steps; s++) {
+        const TokStep *st = &tok->steps[s];
+        if (st->re || (st->kind == TOK_STEP_BYTELEVEL && st->add_prefix_space)) {
+            active++;
+            only = st;
+        }
+    }
+    if (active == 1 && only->re && only->behavior == TOK_SPLIT_ISOLATED && !only->invert) {
+        const PCRE2_SPTR subj = (PCRE2_SPTR)text;
+        size_t start = 0, prev = 0;
+        while (start < n) {
+            int rc = pcre2_match(only->re, subj, n, start, PCRE2_NO_UTF_CHECK, sp->md, NULL);
+            if (rc < 0) break;
+            PCRE2_SIZE *ov = pcre2_get_ovector_pointer(sp->md);
+            size_t ms = ov[0], me = ov[1];
+            if (ms > prev) fn(ctx, text + prev, ms - prev);
+            if (me > ms) {
+                fn(ctx, text + ms, me - ms);
+                prev = start = me;
+            } else {  // empty match: it only cuts the gap; go on one character later
+                prev = ms;
+                start = ms + 1;
+                while (start < n && (subj[start] & 0xC0) == 0x80) start++;
+            }
+        }
+        if (prev < n) fn(ctx, text + prev, n - prev);
+        return 0;
     }
     const char *base = text;
     sp->cur.n = 0;
