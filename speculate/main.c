@@ -27,6 +27,7 @@ typedef struct {
     int n_traces;
     int synthetic;
     const char *out;
+    const char *save_trace;
     uint64_t seed;
     float val_frac, test_frac;
     int D, B;
@@ -55,6 +56,10 @@ static void usage(FILE *f, const Opts *o) {
             "  --synthetic            use a synthetic planted-rule trace instead of files (demo)\n"
             "  --syn-p F              synthetic routing noise per slot (default %.2f)\n"
             "  --syn-seqs N           synthetic sequences (default %d)\n"
+            "  --syn-experts E        synthetic experts per layer (default %d)\n"
+            "  --syn-topk K           synthetic experts per token (default %d)\n"
+            "  --syn-layers M         synthetic MoE layers (default %d)\n"
+            "  --save-trace PATH      also write the (merged or synthetic) trace to PATH\n"
             "  --seed N               split seed; sequences go to train/val/test (default %llu)\n"
             "  --val-frac F           share of sequences for validation (default %.2f)\n"
             "  --test-frac F          share of sequences for test (default %.2f)\n"
@@ -89,7 +94,7 @@ static void usage(FILE *f, const Opts *o) {
             "  --out DIR              output folder (default %s)\n"
             "  --no-plots             skip the PNG charts\n"
             "  -h, --help             this help\n",
-            (double)o->syn.p, o->syn.n_seq, (unsigned long long)o->seed, (double)o->val_frac,
+            (double)o->syn.p, o->syn.n_seq, o->syn.E, o->syn.K, o->syn.M, (unsigned long long)o->seed, (double)o->val_frac,
             (double)o->test_frac, o->D, o->H, o->n_hidden, o->n_tok, o->n_pos, o->reuse_feature,
             (double)o->rank_weight, o->epochs, o->patience, o->batch, (double)o->lr, (double)o->wd, o->max_val,
             o->pcie_gbs, o->hbm_gbs, o->ctx, o->cache_tokens, o->out);
@@ -166,7 +171,8 @@ static void parse_args(Opts *o, int argc, char **argv) {
         if (!strcmp(a, "--synthetic")) { o->synthetic = 1; continue; }
         if (!strcmp(a, "--no-train")) { o->train = 0; continue; }
         if (!strcmp(a, "--no-plots")) { o->plots = 0; continue; }
-        static const char *valued[] = {"--syn-p", "--syn-seqs", "--seed", "--val-frac", "--test-frac", "--lookahead",
+        static const char *valued[] = {"--syn-p", "--syn-seqs", "--syn-experts", "--syn-topk", "--syn-layers",
+                                       "--save-trace", "--seed", "--val-frac", "--test-frac", "--lookahead",
                                        "--budget", "--hidden", "--depth", "--tok-buckets", "--pos-buckets",
                                        "--reuse-feature", "--rank-weight", "--epochs", "--patience", "--batch", "--lr",
                                        "--wd", "--max-val", "--load", "--scenario", "--pcie-gbs", "--hbm-gbs",
@@ -178,6 +184,10 @@ static void parse_args(Opts *o, int argc, char **argv) {
         const char *v = argv[++i];
         if (!strcmp(a, "--syn-p")) o->syn.p = (float)parse_double(a, v, 0, 1);
         else if (!strcmp(a, "--syn-seqs")) o->syn.n_seq = (int)parse_long(a, v, 3, 1000000);
+        else if (!strcmp(a, "--syn-experts")) o->syn.E = (int)parse_long(a, v, 2, 65535);
+        else if (!strcmp(a, "--syn-topk")) o->syn.K = (int)parse_long(a, v, 1, TRACE_MAX_K);
+        else if (!strcmp(a, "--syn-layers")) o->syn.M = (int)parse_long(a, v, 2, TRACE_MAX_LAYERS);
+        else if (!strcmp(a, "--save-trace")) o->save_trace = v;
         else if (!strcmp(a, "--seed")) o->seed = (uint64_t)parse_long(a, v, 0, 0x7fffffffffffffffL);
         else if (!strcmp(a, "--val-frac")) o->val_frac = (float)parse_double(a, v, 0, 0.9);
         else if (!strcmp(a, "--test-frac")) o->test_frac = (float)parse_double(a, v, 0.001, 0.9);
@@ -219,6 +229,7 @@ static void parse_args(Opts *o, int argc, char **argv) {
     if (!o->synthetic && o->n_traces == 0) die("no trace files given (see -h; --synthetic for a demo)");
     if (o->synthetic && o->n_traces) die("give either trace files or --synthetic, not both");
     if (o->val_frac + o->test_frac >= 0.95f) die("--val-frac + --test-frac must be below 0.95");
+    if (o->syn.K >= o->syn.E) die("--syn-topk must be below --syn-experts");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -399,7 +410,7 @@ static void scenario_from_opt(const Opts *o, const char *spec, Scenario *s) {
     s->kv_tokens = o->ctx;
 }
 
-static const char *policy_names[4] = {"LRU", "LRU+speculator", "LRU+best-baseline", "Belady (optimal)"};
+static const char *policy_names[4] = {"LRU", "LRU+speculator", "LRU+best-baseline", "Belady (no prefetch)"};
 
 static int run_policy(const SpecData *sd, const CacheInput *ci, int pol, int C, const ScenarioSizes *z,
                       CacheStats *st) {
@@ -547,7 +558,8 @@ static void plot_hit_rate(const Opts *o, const SpecData *sd, const CacheInput *c
     axes_set_x(&ax, K, E);
     axes_set_y(&ax, 0, 1.02);
     char title[160];
-    snprintf(title, sizeof title, "expert cache hit rate (resident or in flight), %s timings", scen_name);
+    snprintf(title, sizeof title, "expert cache hit rate (resident or in flight), %s; Belady: optimal demand-only",
+             scen_name);
     axes_draw(&ax, title, "cache size C (experts per layer)", "hit rate");
     double x[64];
     for (int j = 0; j < ns; j++) x[j] = sizes[j];
@@ -582,6 +594,10 @@ int main(int argc, char **argv) {
     double t0 = wall_seconds();
     Trace t;
     load_traces(&o, &t);
+    if (o.save_trace) {
+        if (trace_write(o.save_trace, &t, &err)) die("%s", err.msg);
+        printf("wrote %s (%zu records)\n", o.save_trace, t.n);
+    }
     int B = o.B ? o.B : (2 * t.h.K < t.h.E ? 2 * t.h.K : t.h.E);
     SplitSpec sp = {.seed = o.seed, .val_frac = o.val_frac, .test_frac = o.test_frac};
     SpecData sd;

@@ -27,3 +27,4 @@ SPEC_FLAGS ?=
 speculate: $(BUILD)/speculate
 	@if [ -z "$(TRACES)" ]; then echo "usage: make speculate TRACES=path.trace [SPEC_FLAGS=...] (or SPEC_FLAGS=--synthetic TRACES=none)"; exit 1; fi
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BUILD)/speculate --out $(SPEC_OUT) $(SPEC_FLAGS) $(filter-out none,$(TRACES))
+SHELL_TESTS += tests/test_speculate.sh

@@ -3,6 +3,7 @@
 // learned MLP reaching the accuracy a planted rule allows, the MLP gradient against finite
 // differences, .spec round trip and refusal of another model's speculator.
 #include <math.h>
+#include <omp.h>
 #include <unistd.h>
 
 #include "../common/util.h"
@@ -311,6 +312,9 @@ int main(void) {
     test_gradcheck(&t, SPEC_LOSS_BCE_RANK, 1, 0);
     test_gradcheck(&t, SPEC_LOSS_LISTWISE, 2, 1);
     test_gradcheck(&t, SPEC_LOSS_BCE_RANK, 2, 1);
+    // one thread: on a shared, oversubscribed machine every OpenMP barrier of a training step can
+    // cost a scheduler time slice; the two-thread path runs in tests/test_speculate.sh
+    omp_set_num_threads(1);
     test_learned(&t, sc.p, dir);
     trace_free(&t);
     rmdir(dir);

@@ -271,6 +271,42 @@ int main(void) {
     }
     test_end();
 
+    test_begin("trace_concat_merges_domains_and_sequences");
+    {
+        TraceHeader h2;
+        make_header(&h2, 1);
+        snprintf(h2.domains[0], TRACE_DOMAIN_LEN, "code");  // swapped order, one new name
+        snprintf(h2.domains[1], TRACE_DOMAIN_LEN, "math");
+        Trace b, parts[2], cat;
+        trace_alloc(&b, &h2, 25, &err);
+        fill(&b, 9);
+        parts[0] = ref;
+        parts[1] = b;
+        const char *names[2] = {"a.trace", "b.trace"};
+        int rc = trace_concat(&cat, parts, 2, names, &err);
+        CHECK(rc == 0, "concat: %s", err.msg);
+        if (rc == 0) {
+            CHECK(cat.n == 65 && cat.h.n_domains == 3, "n %zu domains %d", cat.n, cat.h.n_domains);
+            CHECK(!strcmp(cat.h.domains[2], "math"), "third domain %s", cat.h.domains[2]);
+            // b's domain 0 ("code") is domain 1 of the merged trace; sequence ids stay disjoint
+            CHECK(cat.domain[40] == (b.domain[0] == 0 ? 1 : 2), "domain remap %d", cat.domain[40]);
+            uint32_t max_a = 0;
+            for (size_t i = 0; i < 40; i++) max_a = cat.seq[i] > max_a ? cat.seq[i] : max_a;
+            int overlap = 0;
+            for (size_t i = 40; i < 65; i++) overlap += cat.seq[i] <= max_a;
+            CHECK(overlap == 0, "%d sequence ids of the second file collide", overlap);
+            size_t MK = (size_t)h.n_layers * h.K;
+            CHECK(!memcmp(cat.ids + 40 * MK, b.ids, 25 * MK * 2), "ids not copied");
+            trace_free(&cat);
+        }
+        parts[1].h.E = 32;  // another model
+        rc = trace_concat(&cat, parts, 2, names, &err);
+        CHECK(rc == -1 && strstr(err.msg, "b.trace") && strstr(err.msg, "does not match"), "other model: %s", err.msg);
+        if (rc == 0) trace_free(&cat);
+        trace_free(&b);
+    }
+    test_end();
+
     free(buf);
     free(good);
     trace_free(&ref);
