@@ -5,8 +5,8 @@ set -u
 BUILD=${BUILD:-build}
 name=hf_tokenizer_compat
 if ! python3 -c "import tokenizers" 2>/dev/null; then
-  timeout 120 pip install -q tokenizers >/dev/null 2>&1 ||
-    timeout 120 pip install -q --break-system-packages tokenizers >/dev/null 2>&1
+  # one 120 s budget for both attempts (the second for pip's "externally managed" refusal)
+  timeout 120 bash -c 'pip install -q tokenizers || pip install -q --break-system-packages tokenizers' >/dev/null 2>&1
 fi
 if ! python3 -c "import tokenizers" 2>/dev/null; then
   echo "SKIP $name: python package tokenizers not installable"
