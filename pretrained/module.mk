@@ -44,3 +44,4 @@ test_pretrained_export_MODS := pretrained model tokenizer common
 PROGRAMS += export
 export_SRCS := pretrained/export_main.c
 export_MODS := pretrained ckpt data model tokenizer common
+SHELL_TESTS += tests/test_collect_hf.sh

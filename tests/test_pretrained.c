@@ -153,7 +153,7 @@ static void ref_route(const PtConfig *c, const double *logit, const float *bias,
             for (int a = 0; a < per; a++)  // sort descending
                 for (int b2 = a + 1; b2 < per; b2++)
                     if (v[b2] > v[a]) { double t = v[a]; v[a] = v[b2]; v[b2] = t; }
-            gs[g] = v[0] + (per > 1 ? v[1] : 0);
+            gs[g] = v[0] + (per > 1 && bias ? v[1] : 0);  // max without a correction bias
             order[g] = g;
         }
         for (int a = 0; a < G; a++)
@@ -576,10 +576,60 @@ static int check_trace(const char *trace_path, const char *model_dir, const char
     return test_summary();
 }
 
+// `test_pretrained --check-hf REF.safetensors MODEL_DIR NAME`: logits written by
+// tests/reference/pretrained_hf.py (transformers, fp32) against pt_forward in fp32 mode.
+static int check_hf(const char *ref_path, const char *model_dir, const char *name) {
+    MoeErr err = {{0}};
+    char tn[200];
+    snprintf(tn, sizeof(tn), "%s_logits_equal_transformers", name);
+    test_begin(tn);
+    StFile f;
+    PtModel m;
+    PtLoadOptions lo = {PT_QUANT_NONE, 0, 0};
+    if (st_open(&f, ref_path, &err) != 0) {
+        CHECK(0, "%s", err.msg);
+    } else if (pt_model_load(&m, model_dir, &lo, &err) != 0) {
+        CHECK(0, "%s", err.msg);
+        st_close(&f);
+    } else {
+        const StTensor *tt = st_find(&f, "tokens"), *lt = st_find(&f, "logits");
+        CHECK(tt && lt && tt->dtype == ST_I64 && tt->ndim == 2 && lt->ndim == 3 && lt->shape[2] == m.cfg.vocab_size,
+              "reference file layout");
+        if (tt && lt && tt->ndim == 2 && lt->ndim == 3) {
+            int B = (int)tt->shape[0], T = (int)tt->shape[1], V = m.cfg.vocab_size;
+            int32_t *tok = (int32_t *)mallocCheck((size_t)(B * T) * sizeof(int32_t));
+            int64_t *ss = (int64_t *)mallocCheck((size_t)(B + 1) * sizeof(int64_t));
+            for (int i = 0; i < B * T; i++) {
+                int64_t v;
+                memcpy(&v, tt->data + 8 * i, 8);
+                tok[i] = (int32_t)v;
+            }
+            for (int b = 0; b <= B; b++) ss[b] = (int64_t)b * T;
+            float *ours = (float *)mallocCheck((size_t)(B * T) * V * sizeof(float));
+            float *ref = (float *)mallocCheck((size_t)(B * T) * V * sizeof(float));
+            st_read_f32(lt, 0, (int64_t)B * T * V, ref, &err);
+            CHECK(pt_forward(&m, tok, ss, B, ours, NULL, PT_REUSE_MID, &err) == 0, "%s", err.msg);
+            double md = 0, mx = 0;
+            for (int64_t i = 0; i < (int64_t)B * T * V; i++) {
+                md = fmax(md, fabs((double)ours[i] - ref[i]));
+                mx = fmax(mx, fabs((double)ref[i]));
+            }
+            printf("  %s: max |logit diff| vs transformers %.3g (logits up to %.3g)\n", name, md, mx);
+            CHECK(md < 1e-4 * (1 + mx), "logits differ from transformers by %g", md);
+            free(tok); free(ss); free(ours); free(ref);
+        }
+        pt_model_free(&m);
+        st_close(&f);
+    }
+    test_end();
+    return test_summary();
+}
+
 int main(int argc, char **argv) {
     if (argc == 5 && strcmp(argv[1], "--check-trace") == 0) return check_trace(argv[2], argv[3], argv[4]);
+    if (argc == 5 && strcmp(argv[1], "--check-hf") == 0) return check_hf(argv[2], argv[3], argv[4]);
     if (argc != 1) {
-        fprintf(stderr, "usage: test_pretrained [--check-trace TRACE MODEL_DIR nf4|none]\n");
+        fprintf(stderr, "usage: test_pretrained [--check-trace TRACE MODEL_DIR nf4|none | --check-hf REF MODEL_DIR NAME]\n");
         return 2;
     }
     snprintf(tmpdir, sizeof(tmpdir), "/tmp/test_pretrained_XXXXXX");

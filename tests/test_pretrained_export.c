@@ -110,7 +110,30 @@ static void run_variant(const Variant *v) {
     model_free(&m);
 }
 
-int main(void) {
+// `test_pretrained_export --write DIR`: a random tiny model of our trainer (biases set),
+// exported to DIR (for tests/test_collect_hf.sh).
+static int write_export(const char *dir) {
+    MoeErr err;
+    ModelConfig cfg;
+    config_tiny(&cfg);
+    // sizes that are multiples of 4 floats: transformers' grouped expert GEMM needs 16-byte strides
+    cfg.vocab_size = 40;
+    cfg.moe_inter_dim = 8;
+    cfg.v_head_dim = 8;
+    cfg.qk_nope_dim = 8;
+    cfg.kv_lora_rank = 12;
+    Model m;
+    if (model_init(&m, &cfg, 1, 4, 11, &err) != 0) { fprintf(stderr, "%s\n", err.msg); return 1; }
+    uint64_t rng = rng_seed(9);
+    for (int i = 0; i < m.n_blocks * cfg.n_routed_experts; i++) m.bias[i] = 0.05f * rng_normal(&rng);
+    int rc = pt_export(&m, dir, ST_F32, NULL, -1, -1, &err);
+    if (rc) fprintf(stderr, "%s\n", err.msg);
+    model_free(&m);
+    return rc ? 1 : 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc == 3 && strcmp(argv[1], "--write") == 0) return write_export(argv[2]);
     snprintf(tmpdir, sizeof(tmpdir), "/tmp/test_pretrained_export_XXXXXX");
     if (!mkdtemp(tmpdir)) return 1;
     Variant vs[] = {
