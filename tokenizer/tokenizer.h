@@ -10,7 +10,11 @@
 // pre-split by the regex as HF would; every invalid byte becomes a piece of its own (one
 // byte, which byte-level BPE always encodes as its single-byte token). So on valid UTF-8 we
 // give exactly HF's ids, and on ANY byte string decode(encode(x)) == x. The number of invalid
-// sequences met is counted (tokenizer_invalid_utf8()).
+// sequences met (maximal runs of bytes that are not valid UTF-8) is counted
+// (tokenizer_invalid_utf8()).
+//
+// Regexes: PCRE2 with UTF + UCP + MULTILINE (JIT). \p{L}, \p{N}, \s and \S are rewritten so
+// that they match exactly what Oniguruma (HF's engine, newer Unicode tables) matches.
 //
 // Files: Hugging Face tokenizer.json (read and write). Supported: model BPE (vocab + merges,
 // merges as "a b" strings or [a, b] pairs), normalizer null, pre_tokenizer ByteLevel
@@ -35,7 +39,7 @@ typedef struct TokEncoder TokEncoder;
 
 // Pre-split patterns known by name (also accepted by name in TokTrainConfig.pattern).
 // "gpt2"     : GPT-2 / RoBERTa ByteLevel(use_regex=true) pattern
-// "gpt4"     : cl100k_base pattern (also used by Llama 3 / Qwen 2 with \p{N}{1,3})
+// "gpt4"     : cl100k_base pattern (also Llama 3's), numbers in groups of up to 3 digits
 // "deepseek" : DeepSeek LLM / DeepSeek-MoE pre-tokenizer Sequence of Split regexes + ByteLevel
 // "qwen"     : Qwen2 pattern (cl100k-like, single digits)
 extern const char *const TOK_PATTERN_GPT2;
