@@ -205,14 +205,49 @@ void metrics_init(Metrics *mt, int D, int M, int n_dom) {
     mt->M = M;
     mt->n_dom = n_dom;
     mt->s = callocCheck((size_t)D * M * n_dom, sizeof(MetricSum));
+    mt->n_seq = 0;
+    mt->seq = NULL;
 }
 void metrics_free(Metrics *mt) {
     free(mt->s);
+    free(mt->seq);
     mt->s = NULL;
+    mt->seq = NULL;
 }
 
-void metrics_add(Metrics *mt, int d, int lt, int dom, const uint16_t *pred, int K, int B, const uint16_t *truth,
-                 uint16_t truth_top1) {
+void metrics_ci95(const Metrics *mt, int d, double *rk_half, double *exact_half) {
+    *rk_half = *exact_half = NAN;
+    if (!mt->seq || mt->n_seq < 2) return;
+    double n = 0, srk = 0, sex = 0;
+    size_t ns = 0;
+    for (size_t q = 0; q < mt->n_seq; q++)
+        for (int dd = 1; dd <= mt->D; dd++) {
+            if (d > 0 && dd != d) continue;
+            const MetricSum *c = &mt->seq[q * mt->D + dd - 1];
+            n += c->n, srk += c->rk, sex += c->exact;
+        }
+    if (n == 0) return;
+    double mrk = srk / n, mex = sex / n, vrk = 0, vex = 0;
+    for (size_t q = 0; q < mt->n_seq; q++) {
+        double cn = 0, crk = 0, cex = 0;
+        for (int dd = 1; dd <= mt->D; dd++) {
+            if (d > 0 && dd != d) continue;
+            const MetricSum *c = &mt->seq[q * mt->D + dd - 1];
+            cn += c->n, crk += c->rk, cex += c->exact;
+        }
+        if (cn == 0) continue;
+        ns++;
+        vrk += (crk - mrk * cn) * (crk - mrk * cn);
+        vex += (cex - mex * cn) * (cex - mex * cn);
+    }
+    if (ns < 2) return;
+    double f = (double)ns / (double)(ns - 1) / (n * n);
+    *rk_half = 1.96 * sqrt(vrk * f);
+    *exact_half = 1.96 * sqrt(vex * f);
+}
+
+// the metrics of one prediction
+static MetricSum metric_sample(const uint16_t *pred, int K, int B, const uint16_t *truth, uint16_t truth_top1) {
     int hk = 0, hb = 0;
     for (int b = 0; b < B; b++)
         for (int k = 0; k < K; k++)
@@ -221,12 +256,22 @@ void metrics_add(Metrics *mt, int d, int lt, int dom, const uint16_t *pred, int 
                 hb++;
                 break;
             }
-    MetricSum *s = mt->s + ((size_t)(d - 1) * mt->M + lt) * mt->n_dom + dom;
-    s->rk += (double)hk / K;
-    s->rb += (double)hb / K;
-    s->exact += hk == K;
-    s->top1 += pred[0] == truth_top1;
-    s->n += 1;
+    MetricSum m = {(double)hk / K, (double)hb / K, hk == K, pred[0] == truth_top1, 1};
+    return m;
+}
+
+static void sum_into(MetricSum *s, const MetricSum *x) {
+    s->rk += x->rk;
+    s->rb += x->rb;
+    s->exact += x->exact;
+    s->top1 += x->top1;
+    s->n += x->n;
+}
+
+void metrics_add(Metrics *mt, int d, int lt, int dom, const uint16_t *pred, int K, int B, const uint16_t *truth,
+                 uint16_t truth_top1) {
+    MetricSum x = metric_sample(pred, K, B, truth, truth_top1);
+    sum_into(mt->s + ((size_t)(d - 1) * mt->M + lt) * mt->n_dom + dom, &x);
 }
 
 void metrics_merge(Metrics *dst, const Metrics *src) {
@@ -270,6 +315,16 @@ void evaluate(const SpecData *sd, int method, int split, Metrics *out, uint64_t 
         mc = &sd->mlp[method == METHOD_MLP_LIST]->c;
     }
     size_t nr = sd->n_rec[split];
+    // sequence index of each record of the split (records of a sequence are contiguous)
+    size_t *seq_of = mallocCheck(sizeof(size_t) * (nr ? nr : 1));
+    size_t ns = 0;
+    for (size_t r = 0; r < nr; r++) {
+        size_t i = sd->rec[split][r];
+        if (r > 0 && t->seq[sd->rec[split][r - 1]] != t->seq[i]) ns++;
+        seq_of[r] = ns;
+    }
+    out->n_seq = nr ? ns + 1 : 0;
+    out->seq = callocCheck(out->n_seq ? out->n_seq * (size_t)D : 1, sizeof(MetricSum));
 #pragma omp parallel
     {
         Metrics loc;
@@ -289,8 +344,17 @@ void evaluate(const SpecData *sd, int method, int split, Metrics *out, uint64_t 
                     if (!method_available(sd, method, d)) continue;
                     int lt = l + d;
                     rank_top(scores + (size_t)(d - 1) * E, sd->freq + (size_t)lt * E, E, B, pred);
-                    metrics_add(&loc, d, lt, t->domain[i], pred, K, B, t->ids + ((size_t)i * M + lt) * K,
-                                sd->top1[i * (size_t)M + lt]);
+                    MetricSum x = metric_sample(pred, K, B, t->ids + ((size_t)i * M + lt) * K,
+                                                sd->top1[i * (size_t)M + lt]);
+                    sum_into(loc.s + ((size_t)(d - 1) * M + lt) * sd->n_dom + t->domain[i], &x);
+                    // a sequence may straddle two threads' chunks: accumulate atomically
+                    MetricSum *q = &out->seq[seq_of[r] * (size_t)D + d - 1];
+#pragma omp atomic
+                    q->rk += x.rk;
+#pragma omp atomic
+                    q->exact += x.exact;
+#pragma omp atomic
+                    q->n += 1;
                 }
             }
         }
@@ -301,6 +365,7 @@ void evaluate(const SpecData *sd, int method, int split, Metrics *out, uint64_t 
         free(pred);
         if (mc) spec_scratch_free(&s);
     }
+    free(seq_of);
 }
 
 double random_recall_k(int E, int K) { return (double)K / E; }

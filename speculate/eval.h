@@ -71,6 +71,9 @@ typedef struct {
 typedef struct {
     int D, M, n_dom;
     MetricSum *s;  // (D, M, n_dom)
+    // per sequence of the evaluated split, per d: sums for cluster-robust confidence intervals
+    size_t n_seq;
+    MetricSum *seq;  // (n_seq, D) or NULL
 } Metrics;
 void metrics_init(Metrics *mt, int D, int M, int n_dom);
 void metrics_free(Metrics *mt);
@@ -79,6 +82,10 @@ void metrics_add(Metrics *mt, int d, int lt, int dom, const uint16_t *pred, int 
 void metrics_merge(Metrics *dst, const Metrics *src);
 // Sum over a selection (-1 = all): d in 1..D, target layer, domain.
 MetricSum metrics_total(const Metrics *mt, int d, int lt, int dom);
+
+// 95 % confidence half-widths of mean recall@K and exact match at lookahead d (-1: all),
+// treating sequences as independent clusters (tokens of one sequence are correlated).
+void metrics_ci95(const Metrics *mt, int d, double *rk_half, double *exact_half);
 
 // Evaluates a method on one split (every record, every source layer, every valid d).
 void evaluate(const SpecData *sd, int method, int split, Metrics *out, uint64_t seed);

@@ -299,6 +299,25 @@ static void train_speculators(const Opts *o, SpecData *sd, SpecModel *mods, int 
 
 static double mean(double s, double n) { return n > 0 ? s / n : NAN; }
 
+// single-thread latency of one prediction (one token at one layer, all lookaheads), microseconds
+static double spec_latency_us(const SpecModel *m, const SpecData *sd) {
+    SpecScratch s;
+    spec_scratch_init(&s, &m->c);
+    float *z = mallocCheck(sizeof(float) * SPEC_MAX_D * (size_t)m->c.E);
+    size_t nr = sd->n_rec[SPLIT_TEST], n = 0;
+    double t0 = wall_seconds();
+    for (size_t r = 0; r < nr && n < 20000; r++)
+        for (int l = 0; l + 1 < sd->M; l++, n++) {
+            SpecInput in;
+            spec_input_from_trace(sd->t, sd->rec[SPLIT_TEST][r], l, m->c.D, m->c.use_reuse, &in);
+            spec_forward(m, &in, z, &s);
+        }
+    double us = n ? (wall_seconds() - t0) / (double)n * 1e6 : NAN;
+    free(z);
+    spec_scratch_free(&s);
+    return us;
+}
+
 static void write_metrics_tsv(const Opts *o, const SpecData *sd, Metrics *mt) {
     char path[1200];
     snprintf(path, sizeof path, "%s/metrics.tsv", o->out);
@@ -331,10 +350,11 @@ static void write_metrics_tsv(const Opts *o, const SpecData *sd, Metrics *mt) {
 static void print_table(const SpecData *sd, Metrics *mt) {
     int E = sd->E, K = sd->K, B = sd->B;
     double rk = random_recall_k(E, K), rb = random_recall_b(E, B), rx = random_exact(E, K), r1 = random_top1(E);
-    printf("\nExpert prediction on the test split (%zu tokens of %zu sequences; E %d, K %d, B %d; value (random))\n",
+    printf("\nExpert prediction on the test split (%zu tokens of %zu sequences; E %d, K %d, B %d); (random) = expected "
+           "value of a random guess; ±95%% = confidence half-width with sequences as clusters; n = predictions\n",
            sd->n_rec[SPLIT_TEST], sd->n_seq[SPLIT_TEST], E, K, B);
-    printf("%-14s %-3s %9s %-9s %9s %-9s %9s %-10s %9s %-9s %9s\n", "method", "d", "recall@K", "", "recall@B", "",
-           "exact", "", "top1", "", "n");
+    printf("%-14s %-3s %9s %-9s %7s %9s %-9s %9s %-10s %7s %9s %-9s %9s\n", "method", "d", "recall@K", "(random)", "±95%",
+           "recall@B", "(random)", "exact", "(random)", "±95%", "top1", "(random)", "n");
     for (int m = 0; m < N_METHODS; m++) {
         if (!mt[m].s) continue;
         for (int d = 1; d <= sd->D + 1; d++) {
@@ -347,9 +367,11 @@ static void print_table(const SpecData *sd, Metrics *mt) {
             if (s.n == 0) continue;
             char dl[16];
             snprintf(dl, sizeof dl, "%d", d);
-            printf("%-14s %-3s %9.4f (%6.4f) %9.4f (%6.4f) %9.4f (%7.1e) %9.4f (%6.4f) %9.0f\n", method_names[m],
-                   dd > 0 ? dl : "all", mean(s.rk, s.n), rk, mean(s.rb, s.n), rb, mean(s.exact, s.n), rx,
-                   mean(s.top1, s.n), r1, s.n);
+            double hk, hx;
+            metrics_ci95(&mt[m], dd, &hk, &hx);
+            printf("%-14s %-3s %9.4f (%6.4f) %7.4f %9.4f (%6.4f) %9.4f (%7.1e) %7.4f %9.4f (%6.4f) %9.0f\n",
+                   method_names[m], dd > 0 ? dl : "all", mean(s.rk, s.n), rk, hk, mean(s.rb, s.n), rb,
+                   mean(s.exact, s.n), rx, hx, mean(s.top1, s.n), r1, s.n);
         }
     }
 }
@@ -624,6 +646,12 @@ int main(int argc, char **argv) {
         evaluate(&sd, m, SPLIT_TEST, &mt[m], o.seed ^ 0xABCDEFu);
     }
     printf("evaluation: %.1f s\n", wall_seconds() - te);
+    for (int j = 0; j < 2; j++)
+        if (have[j])
+            printf("%s: %zu parameters (%.1f MB fp32), %.1f us per prediction (one token, one layer, %d lookaheads; "
+                   "1 CPU thread, CPU under load from others may inflate it)\n",
+                   method_names[j ? METHOD_MLP_LIST : METHOD_MLP_BCE], mods[j].n_params, mods[j].n_params * 4e-6,
+                   spec_latency_us(&mods[j], &sd), mods[j].c.D);
     print_table(&sd, mt);
     write_metrics_tsv(&o, &sd, mt);
     if (o.plots) plot_recall(&o, &sd, mt);
