@@ -97,6 +97,19 @@ static void check_cached_equals_full(const char *name, const ModelConfig *cfg, u
             }
         }
         CHECK(g.len == T, "cache holds %d positions, expected %d", g.len, T);
+        // the cache holds exactly the training forward's kv_norm(c_kv) and RoPE'd k_pe
+        int kvr = cfg->kv_lora_rank, rope = cfg->qk_rope_dim, H = cfg->n_heads, dqk = cfg_qk_head_dim(cfg);
+        double dc = 0.0, dk = 0.0;
+        for (int l = 0; l < cfg->n_layers; l++)
+            for (int t = 0; t < T; t++) {
+                size_t n = (size_t)b * T + t;
+                const float *ck = g.ckv + ((size_t)l * g.max_len + t) * kvr, *kp = g.kpe + ((size_t)l * g.max_len + t) * rope;
+                for (int i = 0; i < kvr; i++) dc = fmax(dc, fabs(ck[i] - m.acts[l].ckvn[n * kvr + i]));
+                for (int i = 0; i < rope; i++)
+                    dk = fmax(dk, fabs(kp[i] - m.acts[l].kf[(n * H + H - 1) * dqk + cfg->qk_nope_dim + i]));
+            }
+        CHECK(dc < 1e-4 && dk < 1e-4, "sequence %d: cached c_kv / k_pe differ from the forward's by %.3g / %.3g", b,
+              dc, dk);
     }
     // the comparison means something only when the logits vary
     CHECK(min_spread > 1.0, "logits too flat for a meaningful comparison (min spread %.3g)", min_spread);
