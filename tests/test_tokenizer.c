@@ -203,6 +203,26 @@ static void test_tiny_vocab(void) {
     test_end();
 }
 
+// ByteLevel add_prefix_space: every piece without a leading space gets one (HF)
+static void test_prefix_space(void) {
+    test_begin("tokenizer_bytelevel_add_prefix_space");
+    const char *json =
+        "{\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":true,\"use_regex\":true},"
+        "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"c\":2,\"ab\":3,\"\xc4\xa0\":4,\"\xc4\xa0" "ab\":5},"
+        "\"merges\":[\"a b\",\"\xc4\xa0 ab\"]}}";
+    MoeErr err;
+    Tokenizer *tok = tokenizer_load_json(json, strlen(json), "prefix.json", &err);
+    CHECK(tok != NULL, "load: %s", tok ? "" : err.msg);
+    if (tok) {
+        TokIds ids = {0};
+        tokenizer_encode(tok, "ab ab", 5, 0, &ids, &err);
+        CHECK(ids.n == 2 && ids.ids[0] == 5 && ids.ids[1] == 5, "'ab ab' -> ' ab', ' ab' (%zu ids)", ids.n);
+        tok_ids_free(&ids);
+        tokenizer_free(tok);
+    }
+    test_end();
+}
+
 // hand-made merges x x -> xx, xx xx -> xxxx: checks the short (scan) and long (heap) BPE paths
 static void test_long_pieces(void) {
     test_begin("tokenizer_bpe_short_and_long_pieces");
@@ -752,6 +772,7 @@ int main(void) {
     test_utf8();
     test_presplit();
     test_tiny_vocab();
+    test_prefix_space();
     test_long_pieces();
     test_train_first_merges();
     test_roundtrip();

@@ -614,7 +614,8 @@ static int presplit_valid(const Tokenizer *tok, TokSplitter *sp, const char *tex
             only = st;
         }
     }
-    if (active == 1 && only->re && only->behavior == TOK_SPLIT_ISOLATED && !only->invert) {
+    if (active == 1 && only->re && only->behavior == TOK_SPLIT_ISOLATED && !only->invert &&
+        !(only->kind == TOK_STEP_BYTELEVEL && only->add_prefix_space)) {
         const PCRE2_SPTR subj = (PCRE2_SPTR)text;
         size_t start = 0, prev = 0;
         while (start < n) {
@@ -1033,7 +1034,25 @@ static int encode_plain(TokEncoder *e, const char *text, size_t n) {
     return e->oom ? -1 : 0;
 }
 
-static int is_ws(unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
+// Unicode White_Space (Rust char::is_whitespace, which HF uses for lstrip/rstrip)
+static int is_ws_cp(uint32_t c) {
+    return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200A) ||
+           c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
+}
+// length of the whitespace character starting at p (0 when none)
+static size_t ws_at(const char *p, size_t n) {
+    int l = tok_utf8_valid_len((const unsigned char *)p, n);
+    uint32_t cp;
+    if (l == 0) return 0;
+    utf8_decode((const unsigned char *)p, (size_t)l, &cp);
+    return is_ws_cp(cp) ? (size_t)l : 0;
+}
+// length of the whitespace character ending at text[end] (exclusive), not before start
+static size_t ws_before(const char *text, size_t start, size_t end) {
+    for (size_t l = 1; l <= 4 && l <= end - start; l++)
+        if (ws_at(text + end - l, l) == l) return l;
+    return 0;
+}
 static int is_word(unsigned char c) { return c == '_' || c >= 0x80 || (c >= '0' && c <= '9') || ((c | 32) >= 'a' && (c | 32) <= 'z'); }
 
 int tok_encoder_encode(TokEncoder *e, const void *text_, size_t n, int flags, TokIds *out, MoeErr *err) {
@@ -1071,13 +1090,13 @@ int tok_encoder_encode(TokEncoder *e, const void *text_, size_t n, int flags, To
         const TokAdded *a = &tok->added[hit];
         size_t seg_end = pos;
         if (a->lstrip)
-            while (seg_end > seg && is_ws((unsigned char)text[seg_end - 1])) seg_end--;
+            for (size_t l; seg_end > seg && (l = ws_before(text, seg, seg_end)) > 0;) seg_end -= l;
         if (encode_plain(e, text + seg, seg_end - seg) || ids_reserve(out, 1))
             return moe_err_set(err, "tokenizer: out of memory encoding %zu bytes", n);
         out->ids[out->n++] = a->id;
         pos += a->len;
         if (a->rstrip)
-            while (pos < n && is_ws((unsigned char)text[pos])) pos++;
+            for (size_t l; pos < n && (l = ws_at(text + pos, n - pos)) > 0;) pos += l;
         seg = pos;
     }
     if (encode_plain(e, text + seg, n - seg)) return moe_err_set(err, "tokenizer: out of memory encoding %zu bytes", n);

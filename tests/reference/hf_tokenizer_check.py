@@ -19,7 +19,7 @@ import os
 import subprocess
 import sys
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 GPT4 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
         r"\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -203,6 +203,19 @@ def main():
         path = os.path.join(args.work, f"hf_{name}.json")
         tok.save(path)
         c.compare(f"hf_compat_hf_{name}_loads_in_ours", path, texts)
+
+    # added tokens with lstrip / rstrip / single_word, special and not
+    tok = Tokenizer.from_file(os.path.join(args.work, "hf_qwen.json"))
+    tok.add_tokens([AddedToken("<lx>", lstrip=True), AddedToken("<rx>", rstrip=True), AddedToken("qq", single_word=True),
+                    AddedToken("<both>", lstrip=True, rstrip=True), AddedToken("<x>"), AddedToken("<x>y")])
+    tok.add_special_tokens([AddedToken("<|s|>")])
+    added = os.path.join(args.work, "hf_added_tokens.json")
+    tok.save(added)
+    added_texts = dict(texts)
+    added_texts["added"] = ("a <lx> b <rx>  c qq sqqs qq_x (qq) qq. éqq qqé qq1 1qq ?qq? 中qq qq\u0301 qq-qq\n"
+                            "  <lx>\t<rx>\n x<both> y \n<both>\nz x\u00a0<lx>\u00a0y\u3000<rx>\u3000z "
+                            "<x>y <x> <|s|><|s|>\u2003\u2003<both>\u0085\u0085x")
+    c.compare("hf_compat_added_tokens_strip_single_word", added, added_texts)
 
     # legacy merges format "a b" and ignore_merges
     with open(os.path.join(args.work, "hf_qwen.json"), encoding="utf-8") as f:
