@@ -56,12 +56,12 @@ test_cuda_harness_SRCS := tests/test_cuda_harness.c
 test_cuda_harness_MODS := cudahk cudahrt common
 $(BUILD)/tests/test_cuda_harness: LDLIBS += -lstdc++
 
-ifneq ($(wildcard tests/test_cuda_kernels.c),)
-TEST_PROGS += test_cuda_kernels
-test_cuda_kernels_SRCS := tests/test_cuda_kernels.c
-test_cuda_kernels_MODS := cudahx cudahrt model common
-$(BUILD)/tests/test_cuda_kernels: LDLIBS += -lstdc++
-endif
+# the kernels and the whole model against the CPU reference, through the harness
+CUDA_CMP_TESTS := test_cuda_kernels test_cuda_model
+TEST_PROGS += $(CUDA_CMP_TESTS)
+$(foreach t,$(CUDA_CMP_TESTS),$(eval $(t)_SRCS := tests/$(t).c))
+$(foreach t,$(CUDA_CMP_TESTS),$(eval $(t)_MODS := cudahx cudahrt model common))
+$(CUDA_CMP_TESTS:%=$(BUILD)/tests/%): LDLIBS += -lstdc++
 else
 SHELL_TESTS += tests/test_cuda_skip.sh
 endif
@@ -80,11 +80,11 @@ $(BUILD)/nvcc-fat/%.o: %.cu
 # every .cu file as a fat object for sm_75 sm_80 sm_86 sm_89 sm_90
 cuda: $(CUDA_SRCS:%.cu=$(BUILD)/nvcc-fat/%.o)
 
-$(BUILD)/gpu/test_cuda_kernels: tests/test_cuda_kernels.c $(CUDA_SRCS:%.cu=$(BUILD)/nvcc-fat/%.o) \
-		$(BUILD)/lib/libmodel.a $(BUILD)/lib/libcommon.a
+CUDA_CMP_TESTS ?= test_cuda_kernels test_cuda_model
+$(BUILD)/gpu/%: tests/%.c $(CUDA_SRCS:%.cu=$(BUILD)/nvcc-fat/%.o) $(BUILD)/lib/libmodel.a $(BUILD)/lib/libcommon.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -I$(CUDA_HOME)/include $(LDFLAGS) $^ $(CUDA_LIBS) $(LDLIBS) -lstdc++ -o $@
 
-# the kernel comparisons on a real GPU
-test-gpu: $(BUILD)/gpu/test_cuda_kernels
-	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} tests/run.sh $(BUILD) $(BUILD)/gpu/test_cuda_kernels --
+# the same comparisons with the nvcc build, on a real GPU
+test-gpu: $(CUDA_CMP_TESTS:%=$(BUILD)/gpu/%)
+	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} tests/run.sh $(BUILD) $(CUDA_CMP_TESTS:%=$(BUILD)/gpu/%) --

@@ -1,0 +1,51 @@
+// The whole model on the GPU (model/cuda/model.cu): the same parameter layout as the CPU
+// reference (model_layout / model_point of model/model.h), fp32 parameters, gradients and
+// AdamW state on the device, forward / backward / AdamW / loss-free bias update built from
+// the kernels of cuda_ops.h. Per step the only device-to-host copies are the loss (forward)
+// and what the caller asks for (grad norm, routing loads).
+// Supported: MLA (with or without q_lora), dense and MoE layers, shared experts, group-limited
+// routing, sigmoid/softmax gates, capacity, balance none/bias. Not yet: the auxiliary losses
+// (seqaux, bias+seqaux, aux), MTP, bf16/fp16 (cuda_model_create refuses them with a message).
+#ifndef MOE_CUDA_MODEL_H
+#define MOE_CUDA_MODEL_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "../config.h"
+
+typedef struct CudaModel CudaModel;
+
+int cuda_model_create(CudaModel **out, const ModelConfig *cfg, int B_max, int T_max, MoeErr *err);
+void cuda_model_free(CudaModel *m);
+size_t cuda_model_num_params(const CudaModel *m);
+// host <-> device copies of whole buffers (num_params floats, CPU layout)
+void cuda_model_upload_params(CudaModel *m, const float *params);
+void cuda_model_download_params(const CudaModel *m, float *params);
+void cuda_model_download_grads(const CudaModel *m, float *grads);
+void cuda_model_download_adam(const CudaModel *m, float *mm, float *vv);
+// balancing bias (n_blocks, E), as Model.bias
+void cuda_model_upload_bias(CudaModel *m, const float *bias);
+void cuda_model_download_bias(const CudaModel *m, float *bias);
+
+// inputs, targets: host arrays (B, T); targets may be NULL. Returns the loss (0 without targets).
+float cuda_model_forward(CudaModel *m, const int *inputs, const int *targets, int B, int T);
+void cuda_model_backward(CudaModel *m);
+void cuda_model_zero_grad(CudaModel *m);
+float cuda_model_grad_norm(CudaModel *m);
+void cuda_model_adamw(CudaModel *m, float lr, float beta1, float beta2, float eps, float weight_decay,
+                      float grad_scale, int t);
+// b_i += gamma * sign(mean_load - load_i) from the loads accumulated since the last reset
+void cuda_model_update_bias(CudaModel *m);
+void cuda_model_routing_reset(CudaModel *m);
+// loads (E) of MoE block number i (0 .. n_moe-1) and dropped assignments; returns n_moe
+int cuda_model_routing_loads(const CudaModel *m, int i, float *load, float *dropped);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,559 @@
+// The whole model on the GPU, step by step the same computation as model/cpu/model.c (read
+// side by side), built from the kernels of cuda_ops.h. See cuda_model.h.
+extern "C" {
+#include "../model.h"  // C declarations first: config.h must get C linkage
+}
+
+#include "cuda_common.cuh"
+#include "cuda_model.h"
+#include "cuda_ops.h"
+
+#include <math.h>
+#include <string.h>
+
+struct CudaModel {
+    ModelConfig cfg;
+    int n_blocks, B_max, T_max;
+    size_t num_params;
+    float *params, *grads, *m, *v;  // device, num_params each
+    ParamPtrs p, g;                 // device pointers into params / grads
+    LayerParams lp[2][64];
+    TensorInfo *tensors;            // host
+    int n_tensors;
+    float *bias;                    // (n_blocks, E) device
+    BlockActs acts[64];             // device; att holds lse (B, H, T)
+    float *x_final, *lnf, *lnf_rstd, *logits, *lse;
+    int *inputs, *targets, *pos;
+    // backward buffers
+    float *dx, *dlnf, *dln2, *datto, *dqf, *dkf, *dvf, *dkv, *dkva, *dckvn, *dln1, *dqan, *dqa, *att_scr;
+    float *dg, *dh1, *dh3;                                        // dense
+    float *dsg, *dsh1, *dsh3, *dey, *dxe, *deg, *deh1, *deh3, *dwts, *dlogits;  // MoE
+    float *ce_scr, *loss_dev, *norm_dev, *norm_scr;
+    int *n_valid_dev;
+    // routing statistics per MoE block: loads (n_moe, E) and dropped (n_moe)
+    int n_moe, moe_block[64];
+    float *load, *dropped;
+    // last forward
+    int B, T, n_valid;
+    float loss;
+};
+
+static int block_is_moe(const ModelConfig *c, int l) {
+    if (l < c->n_layers) return cfg_is_moe_layer(c, l);
+    return c->n_layers > c->n_dense_layers;
+}
+
+static float *dalloc(size_t n) {
+    float *p = (float *)cu_malloc(sizeof(float) * (n ? n : 1));
+    cu_zero(p, sizeof(float) * (n ? n : 1));
+    return p;
+}
+static int *ialloc(size_t n) {
+    int *p = (int *)cu_malloc(sizeof(int) * (n ? n : 1));
+    cu_zero(p, sizeof(int) * (n ? n : 1));
+    return p;
+}
+
+// ---- small kernels of the attention block ------------------------------------------------
+
+// kf (N, H, dqk) = per head [k_nope_h, k_pe]; vf (N, H, dv) = v_h; from kv (N, H*(nope+dv)) and
+// kva (N, kvr+rope) whose last rope values are the shared k_pe
+__global__ void assemble_kv_kernel(float *kf, float *vf, const float *kv, const float *kva, int N, int H, int nope,
+                                   int rope, int dv, int kvr) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    int dqk = nope + rope, w = dqk + dv;
+    if (i >= (long)N * H * w) return;
+    int j = (int)(i % w);
+    long nh = i / w;
+    int h = (int)(nh % H);
+    long n = nh / H;
+    const float *kvn = kv + n * H * (nope + dv) + (long)h * (nope + dv);
+    if (j < nope) kf[nh * dqk + j] = kvn[j];
+    else if (j < dqk) kf[nh * dqk + j] = kva[n * (kvr + rope) + kvr + (j - nope)];
+    else vf[nh * dv + (j - dqk)] = kvn[nope + (j - dqk)];
+}
+
+// backward of assemble_kv: dkv (N, H*(nope+dv)) = [dk_nope_h, dv_h] (overwrites), and
+// dkva[:, kvr:] (N, rope) = sum over heads of dk_pe (overwrites; one thread per (n, i))
+__global__ void assemble_kv_backward_kernel(float *dkv, float *dkva, const float *dkf, const float *dvf, int N, int H,
+                                            int nope, int rope, int dv, int kvr) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    int dqk = nope + rope, w = nope + dv;
+    long n_split = (long)N * H * w;
+    if (i < n_split) {
+        int j = (int)(i % w);
+        long nh = i / w;
+        dkv[i] = j < nope ? dkf[nh * dqk + j] : dvf[nh * dv + (j - nope)];
+    } else if (i < n_split + (long)N * rope) {
+        long r = i - n_split;
+        int j = (int)(r % rope);
+        long n = r / rope;
+        float s = 0.0f;
+        for (int h = 0; h < H; h++) s += dkf[(n * H + h) * dqk + nope + j];
+        dkva[n * (kvr + rope) + kvr + j] += s;
+    }
+}
+
+// ---- create / free ------------------------------------------------------------------------
+
+static void carve_block(BlockActs *ba, const ModelConfig *c, int is_moe, int B, int T) {
+    size_t N = (size_t)B * T;
+    int C = c->dim, H = c->n_heads, dqk = cfg_qk_head_dim(c), dv = c->v_head_dim;
+    memset(ba, 0, sizeof(*ba));
+    ba->x_in = dalloc(N * C);
+    ba->ln1 = dalloc(N * C);
+    ba->ln1_rstd = dalloc(N);
+    if (c->q_lora_rank > 0) {
+        ba->qa = dalloc(N * c->q_lora_rank);
+        ba->qan = dalloc(N * c->q_lora_rank);
+        ba->qa_rstd = dalloc(N);
+    }
+    ba->q = dalloc(N * H * dqk);
+    ba->kva = dalloc(N * (c->kv_lora_rank + c->qk_rope_dim));
+    ba->ckvn = dalloc(N * c->kv_lora_rank);
+    ba->ckv_rstd = dalloc(N);
+    ba->kv = dalloc(N * H * (c->qk_nope_dim + dv));
+    ba->qf = dalloc(N * H * dqk);
+    ba->kf = dalloc(N * H * dqk);
+    ba->vf = dalloc(N * H * dv);
+    ba->att = dalloc((size_t)B * H * T);  // lse of the flash attention
+    ba->atto = dalloc(N * H * dv);
+    ba->x_mid = dalloc(N * C);
+    ba->ln2 = dalloc(N * C);
+    ba->ln2_rstd = dalloc(N);
+    ba->ffn_y = dalloc(N * C);
+    if (!is_moe) {
+        ba->h1 = dalloc(N * c->inter_dim);
+        ba->h3 = dalloc(N * c->inter_dim);
+        ba->g = dalloc(N * c->inter_dim);
+    } else {
+        int E = c->n_routed_experts, K = c->top_k, I = c->moe_inter_dim, S = c->n_shared_experts;
+        ba->logits = dalloc(N * E);
+        ba->scores = dalloc(N * E);
+        ba->sel = ialloc(N * K);
+        ba->wts = dalloc(N * K);
+        ba->row_of = ialloc(N * K);
+        ba->perm = ialloc(N * K);
+        ba->expert_off = ialloc(E + 1);
+        ba->xe = dalloc(N * K * C);
+        ba->eh1 = dalloc(N * K * I);
+        ba->eh3 = dalloc(N * K * I);
+        ba->eg = dalloc(N * K * I);
+        ba->ey = dalloc(N * K * C);
+        if (S > 0) {
+            ba->sh1 = dalloc(N * S * I);
+            ba->sh3 = dalloc(N * S * I);
+            ba->sg = dalloc(N * S * I);
+        }
+    }
+}
+
+static void free_block(BlockActs *ba) {
+    void *ptrs[] = {ba->x_in, ba->ln1, ba->ln1_rstd, ba->qa, ba->qan, ba->qa_rstd, ba->q, ba->kva, ba->ckvn,
+                    ba->ckv_rstd, ba->kv, ba->qf, ba->kf, ba->vf, ba->att, ba->atto, ba->x_mid, ba->ln2, ba->ln2_rstd,
+                    ba->ffn_y, ba->h1, ba->h3, ba->g, ba->logits, ba->scores, ba->sel, ba->wts, ba->row_of, ba->perm,
+                    ba->expert_off, ba->xe, ba->eh1, ba->eh3, ba->eg, ba->ey, ba->sh1, ba->sh3, ba->sg};
+    for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) cu_free(ptrs[i]);
+}
+
+extern "C" {
+
+int cuda_model_create(CudaModel **out, const ModelConfig *cfg, int B_max, int T_max, MoeErr *err) {
+    *out = NULL;
+    if (config_validate(cfg, err) != 0) return -1;
+    if (cfg->n_layers + cfg->mtp_depth > 63) return moe_err_set(err, "config: n_layers too large (max 63)");
+    if (B_max <= 0 || T_max <= 0 || T_max > cfg->max_seq_len)
+        return moe_err_set(err, "cuda model: batch %d x %d is invalid (max_seq_len %d)", B_max, T_max, cfg->max_seq_len);
+    if (cfg->mtp_depth > 0) return moe_err_set(err, "cuda model: MTP (mtp_depth > 0) is not implemented on the GPU yet");
+    if (cfg->balance != BALANCE_NONE && cfg->balance != BALANCE_BIAS)
+        return moe_err_set(err, "cuda model: balance '%s' (auxiliary losses) is not implemented on the GPU yet; "
+                                "use bias or none", balance_name(cfg->balance));
+    if (cfg->n_routed_experts > 256 || cfg->top_k > 16 || cfg->n_expert_groups > 64)
+        return moe_err_set(err, "cuda model: at most 256 routed experts, top_k 16, 64 expert groups");
+    if (cfg_qk_head_dim(cfg) > 256 || cfg->v_head_dim > 256)
+        return moe_err_set(err, "cuda model: head sizes above 256 are not supported");
+    CudaModel *m = (CudaModel *)calloc(1, sizeof(CudaModel));
+    if (!m) return moe_err_set(err, "out of memory");
+    const ModelConfig *c = cfg;
+    m->cfg = *cfg;
+    m->n_blocks = c->n_layers + c->mtp_depth;
+    m->B_max = B_max;
+    m->T_max = T_max;
+    m->num_params = model_layout(c, NULL, &m->n_tensors);
+    m->tensors = (TensorInfo *)calloc((size_t)m->n_tensors, sizeof(TensorInfo));
+    model_layout(c, m->tensors, &m->n_tensors);
+    m->params = dalloc(m->num_params);
+    m->grads = dalloc(m->num_params);
+    m->m = dalloc(m->num_params);
+    m->v = dalloc(m->num_params);
+    model_point(c, m->params, &m->p, m->lp[0]);
+    model_point(c, m->grads, &m->g, m->lp[1]);
+    int E = c->n_routed_experts > 0 ? c->n_routed_experts : 1;
+    m->bias = dalloc((size_t)m->n_blocks * E);
+    size_t N = (size_t)B_max * T_max;
+    int C = c->dim, H = c->n_heads, dqk = cfg_qk_head_dim(c), dv = c->v_head_dim, V = c->vocab_size;
+    int kvr = c->kv_lora_rank, rope = c->qk_rope_dim, nope = c->qk_nope_dim, qr = c->q_lora_rank;
+    for (int l = 0; l < m->n_blocks; l++) {
+        carve_block(&m->acts[l], c, block_is_moe(c, l), B_max, T_max);
+        if (block_is_moe(c, l)) m->moe_block[m->n_moe++] = l;
+    }
+    m->x_final = dalloc(N * C);
+    m->lnf = dalloc(N * C);
+    m->lnf_rstd = dalloc(N);
+    m->logits = dalloc(N * V);
+    m->lse = dalloc(N);
+    m->inputs = ialloc(N);
+    m->targets = ialloc(N);
+    m->pos = ialloc(N);
+    m->dx = dalloc(N * C);
+    m->dlnf = dalloc(N * C);
+    m->dln2 = dalloc(N * C);
+    m->datto = dalloc(N * H * dv);
+    m->dqf = dalloc(N * H * dqk);
+    m->dkf = dalloc(N * H * dqk);
+    m->dvf = dalloc(N * H * dv);
+    m->dkv = dalloc(N * H * (nope + dv));
+    m->dkva = dalloc(N * (kvr + rope));
+    m->dckvn = dalloc(N * kvr);
+    m->dln1 = dalloc(N * C);
+    m->dqan = dalloc(N * (qr > 0 ? qr : 1));
+    m->dqa = dalloc(N * (qr > 0 ? qr : 1));
+    m->att_scr = dalloc((size_t)B_max * H * T_max);
+    m->dg = dalloc(N * (c->inter_dim > 0 ? c->inter_dim : 1));
+    m->dh1 = dalloc(N * (c->inter_dim > 0 ? c->inter_dim : 1));
+    m->dh3 = dalloc(N * (c->inter_dim > 0 ? c->inter_dim : 1));
+    if (m->n_moe > 0) {
+        int K = c->top_k, I = c->moe_inter_dim, SI = c->n_shared_experts * I;
+        m->dsg = dalloc(N * (SI > 0 ? SI : 1));
+        m->dsh1 = dalloc(N * (SI > 0 ? SI : 1));
+        m->dsh3 = dalloc(N * (SI > 0 ? SI : 1));
+        m->dey = dalloc(N * K * C);
+        m->dxe = dalloc(N * K * C);
+        m->deg = dalloc(N * K * I);
+        m->deh1 = dalloc(N * K * I);
+        m->deh3 = dalloc(N * K * I);
+        m->dwts = dalloc(N * K);
+        m->dlogits = dalloc(N * E);
+    }
+    m->ce_scr = dalloc(N);
+    m->loss_dev = dalloc(1);
+    m->norm_dev = dalloc(1);
+    m->norm_scr = dalloc(1024);
+    m->n_valid_dev = ialloc(1);
+    m->load = dalloc((size_t)(m->n_moe > 0 ? m->n_moe : 1) * E);
+    m->dropped = dalloc(m->n_moe > 0 ? m->n_moe : 1);
+    *out = m;
+    return 0;
+}
+
+void cuda_model_free(CudaModel *m) {
+    if (!m) return;
+    for (int l = 0; l < m->n_blocks; l++) free_block(&m->acts[l]);
+    void *ptrs[] = {m->params, m->grads, m->m, m->v, m->bias, m->x_final, m->lnf, m->lnf_rstd, m->logits, m->lse,
+                    m->inputs, m->targets, m->pos, m->dx, m->dlnf, m->dln2, m->datto, m->dqf, m->dkf, m->dvf, m->dkv,
+                    m->dkva, m->dckvn, m->dln1, m->dqan, m->dqa, m->att_scr, m->dg, m->dh1, m->dh3, m->dsg, m->dsh1,
+                    m->dsh3, m->dey, m->dxe, m->deg, m->deh1, m->deh3, m->dwts, m->dlogits, m->ce_scr, m->loss_dev,
+                    m->norm_dev, m->norm_scr, m->n_valid_dev, m->load, m->dropped};
+    for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) cu_free(ptrs[i]);
+    free(m->tensors);
+    free(m);
+}
+
+size_t cuda_model_num_params(const CudaModel *m) { return m->num_params; }
+void cuda_model_upload_params(CudaModel *m, const float *params) {
+    cu_upload(m->params, params, sizeof(float) * m->num_params);
+}
+void cuda_model_download_params(const CudaModel *m, float *params) {
+    cu_download(params, m->params, sizeof(float) * m->num_params);
+}
+void cuda_model_download_grads(const CudaModel *m, float *grads) {
+    cu_download(grads, m->grads, sizeof(float) * m->num_params);
+}
+void cuda_model_download_adam(const CudaModel *m, float *mm, float *vv) {
+    cu_download(mm, m->m, sizeof(float) * m->num_params);
+    cu_download(vv, m->v, sizeof(float) * m->num_params);
+}
+static size_t bias_floats(const CudaModel *m) {
+    return (size_t)m->n_blocks * (m->cfg.n_routed_experts > 0 ? m->cfg.n_routed_experts : 1);
+}
+void cuda_model_upload_bias(CudaModel *m, const float *bias) { cu_upload(m->bias, bias, sizeof(float) * bias_floats(m)); }
+void cuda_model_download_bias(const CudaModel *m, float *bias) {
+    cu_download(bias, m->bias, sizeof(float) * bias_floats(m));
+}
+
+}  // extern "C"
+
+// ---- forward --------------------------------------------------------------------------------
+
+static void attention_block_forward(CudaModel *m, const LayerParams *lp, BlockActs *ba, int B, int T) {
+    const ModelConfig *c = &m->cfg;
+    int N = B * T, C = c->dim, H = c->n_heads, dqk = cfg_qk_head_dim(c), dv = c->v_head_dim;
+    int nope = c->qk_nope_dim, rope = c->qk_rope_dim, kvr = c->kv_lora_rank;
+    cu_rmsnorm_forward(ba->ln1, ba->ln1_rstd, ba->x_in, C, lp->attn_norm, N, C, c->norm_eps);
+    if (c->q_lora_rank > 0) {
+        int qr = c->q_lora_rank;
+        cu_matmul_forward(ba->qa, ba->ln1, lp->wq_a, N, C, qr);
+        cu_rmsnorm_forward(ba->qan, ba->qa_rstd, ba->qa, qr, lp->q_norm, N, qr, c->norm_eps);
+        cu_matmul_forward(ba->q, ba->qan, lp->wq_b, N, qr, H * dqk);
+    } else {
+        cu_matmul_forward(ba->q, ba->ln1, lp->wq, N, C, H * dqk);
+    }
+    cu_matmul_forward(ba->kva, ba->ln1, lp->wkv_a, N, C, kvr + rope);
+    cu_rmsnorm_forward(ba->ckvn, ba->ckv_rstd, ba->kva, kvr + rope, lp->kv_norm, N, kvr, c->norm_eps);
+    cu_matmul_forward(ba->kv, ba->ckvn, lp->wkv_b, N, kvr, H * (nope + dv));
+    cudaCheck(cudaMemcpyAsync(ba->qf, ba->q, sizeof(float) * (size_t)N * H * dqk, cudaMemcpyDeviceToDevice, 0));
+    cu_rope_apply(ba->qf + nope, N, H, H * dqk, dqk, rope, m->pos, c->rope_theta, 0);
+    long total = (long)N * H * (dqk + dv);
+    LAUNCH(assemble_kv_kernel, ceil_div(total, 256), 256, 0, 0, ba->kf, ba->vf, ba->kv, ba->kva, N, H, nope, rope, dv,
+           kvr);
+    cu_rope_apply(ba->kf + nope, N, H, H * dqk, dqk, rope, m->pos, c->rope_theta, 0);
+    float scale = 1.0f / sqrtf((float)dqk);
+    cu_attention_forward(ba->atto, ba->att, ba->qf, ba->kf, ba->vf, B, T, H, dqk, dv, scale);
+    cu_matmul_forward(ba->x_mid, ba->atto, lp->wo, N, H * dv, C);
+    cu_add(ba->x_mid, ba->x_mid, ba->x_in, (long)N * C);
+}
+
+static int moe_index(const CudaModel *m, int l) {
+    for (int i = 0; i < m->n_moe; i++)
+        if (m->moe_block[i] == l) return i;
+    return -1;
+}
+
+static void moe_forward(CudaModel *m, int l, const LayerParams *lp, BlockActs *ba, int B, int T) {
+    const ModelConfig *c = &m->cfg;
+    int N = B * T, C = c->dim, E = c->n_routed_experts, K = c->top_k, I = c->moe_inter_dim;
+    int SI = c->n_shared_experts * I, mi = moe_index(m, l);
+    const float *sel_bias = cfg_uses_bias(c) ? m->bias + (size_t)l * E : NULL;
+    cu_matmul_forward(ba->logits, ba->ln2, lp->gate, N, C, E);
+    cu_moe_scores(ba->scores, ba->logits, N, E, c->score_func);
+    cu_moe_route(ba->sel, ba->wts, ba->scores, sel_bias, N, E, K, c->n_expert_groups, c->n_limited_groups,
+                 c->score_func, c->route_scale);
+    long cap = c->capacity_factor > 0.0f ? (long)ceil((double)c->capacity_factor * N * K / E) : (long)N * K;
+    cu_moe_dispatch(ba->row_of, ba->perm, ba->expert_off, m->load + (size_t)mi * E, m->dropped + mi, ba->sel, N, K, E,
+                    cap);
+    cu_moe_gather(ba->xe, ba->ln2, ba->perm, ba->expert_off, N, K, C, E);
+    cu_grouped_matmul_forward(ba->eh1, ba->xe, lp->ew1, ba->expert_off, E, N, C, I);
+    cu_grouped_matmul_forward(ba->eh3, ba->xe, lp->ew3, ba->expert_off, E, N, C, I);
+    cu_swiglu_forward(ba->eg, ba->eh1, ba->eh3, (long)N * K * I);
+    cu_grouped_matmul_forward(ba->ey, ba->eg, lp->ew2, ba->expert_off, E, N, I, C);
+    if (SI > 0) {
+        cu_matmul_forward(ba->sh1, ba->ln2, lp->sw1, N, C, SI);
+        cu_matmul_forward(ba->sh3, ba->ln2, lp->sw3, N, C, SI);
+        cu_swiglu_forward(ba->sg, ba->sh1, ba->sh3, (long)N * SI);
+        cu_matmul_forward(ba->ffn_y, ba->sg, lp->sw2, N, SI, C);
+    } else {
+        cu_zero(ba->ffn_y, sizeof(float) * (size_t)N * C);
+    }
+    cu_moe_combine(ba->ffn_y, ba->ey, ba->wts, ba->row_of, N, K, C);
+}
+
+static void block_forward(CudaModel *m, int l, float *x_out, int B, int T) {
+    const ModelConfig *c = &m->cfg;
+    const LayerParams *lp = &m->p.layers[l];
+    BlockActs *ba = &m->acts[l];
+    int N = B * T, C = c->dim;
+    attention_block_forward(m, lp, ba, B, T);
+    cu_rmsnorm_forward(ba->ln2, ba->ln2_rstd, ba->x_mid, C, lp->ffn_norm, N, C, c->norm_eps);
+    if (lp->is_moe) {
+        moe_forward(m, l, lp, ba, B, T);
+    } else {
+        int I = c->inter_dim;
+        cu_matmul_forward(ba->h1, ba->ln2, lp->w1, N, C, I);
+        cu_matmul_forward(ba->h3, ba->ln2, lp->w3, N, C, I);
+        cu_swiglu_forward(ba->g, ba->h1, ba->h3, (long)N * I);
+        cu_matmul_forward(ba->ffn_y, ba->g, lp->w2, N, I, C);
+    }
+    cu_add(x_out, ba->x_mid, ba->ffn_y, (long)N * C);
+}
+
+// ---- backward -------------------------------------------------------------------------------
+
+static void attention_block_backward(CudaModel *m, int l, float *dx) {
+    const ModelConfig *c = &m->cfg;
+    const LayerParams *lp = &m->p.layers[l];
+    LayerParams *gp = &m->g.layers[l];
+    BlockActs *ba = &m->acts[l];
+    int B = m->B, T = m->T, N = B * T, C = c->dim, H = c->n_heads, dqk = cfg_qk_head_dim(c), dv = c->v_head_dim;
+    int nope = c->qk_nope_dim, rope = c->qk_rope_dim, kvr = c->kv_lora_rank;
+    cu_zero(m->datto, sizeof(float) * (size_t)N * H * dv);
+    cu_matmul_backward(m->datto, gp->wo, dx, ba->atto, lp->wo, N, H * dv, C);
+    cu_zero(m->dqf, sizeof(float) * (size_t)N * H * dqk);
+    cu_zero(m->dkf, sizeof(float) * (size_t)N * H * dqk);
+    cu_zero(m->dvf, sizeof(float) * (size_t)N * H * dv);
+    float scale = 1.0f / sqrtf((float)dqk);
+    // the forward output of the attention is atto (its row sums with dout are the softmax terms)
+    cu_attention_backward(m->dqf, m->dkf, m->dvf, m->att_scr, m->datto, ba->atto, ba->att, ba->qf, ba->kf, ba->vf, B,
+                          T, H, dqk, dv, scale);
+    cu_rope_apply(m->dqf + nope, N, H, H * dqk, dqk, rope, m->pos, c->rope_theta, 1);
+    cu_rope_apply(m->dkf + nope, N, H, H * dqk, dqk, rope, m->pos, c->rope_theta, 1);
+    cu_zero(m->dkva, sizeof(float) * (size_t)N * (kvr + rope));
+    long total = (long)N * H * (nope + dv) + (long)N * rope;
+    LAUNCH(assemble_kv_backward_kernel, ceil_div(total, 256), 256, 0, 0, m->dkv, m->dkva, m->dkf, m->dvf, N, H, nope,
+           rope, dv, kvr);
+    cu_zero(m->dckvn, sizeof(float) * (size_t)N * kvr);
+    cu_matmul_backward(m->dckvn, gp->wkv_b, m->dkv, ba->ckvn, lp->wkv_b, N, kvr, H * (nope + dv));
+    cu_rmsnorm_backward(m->dkva, kvr + rope, gp->kv_norm, m->dckvn, ba->kva, kvr + rope, lp->kv_norm, ba->ckv_rstd, N,
+                        kvr);
+    cu_zero(m->dln1, sizeof(float) * (size_t)N * C);
+    cu_matmul_backward(m->dln1, gp->wkv_a, m->dkva, ba->ln1, lp->wkv_a, N, C, kvr + rope);
+    if (c->q_lora_rank > 0) {
+        int qr = c->q_lora_rank;
+        cu_zero(m->dqan, sizeof(float) * (size_t)N * qr);
+        cu_zero(m->dqa, sizeof(float) * (size_t)N * qr);
+        cu_matmul_backward(m->dqan, gp->wq_b, m->dqf, ba->qan, lp->wq_b, N, qr, H * dqk);
+        cu_rmsnorm_backward(m->dqa, qr, gp->q_norm, m->dqan, ba->qa, qr, lp->q_norm, ba->qa_rstd, N, qr);
+        cu_matmul_backward(m->dln1, gp->wq_a, m->dqa, ba->ln1, lp->wq_a, N, C, qr);
+    } else {
+        cu_matmul_backward(m->dln1, gp->wq, m->dqf, ba->ln1, lp->wq, N, C, H * dqk);
+    }
+    cu_rmsnorm_backward(dx, C, gp->attn_norm, m->dln1, ba->x_in, C, lp->attn_norm, ba->ln1_rstd, N, C);
+}
+
+static void moe_backward(CudaModel *m, const LayerParams *lp, LayerParams *gp, BlockActs *ba, const float *dy,
+                         float *dln2) {
+    const ModelConfig *c = &m->cfg;
+    int N = m->B * m->T, C = c->dim, E = c->n_routed_experts, K = c->top_k, I = c->moe_inter_dim;
+    int SI = c->n_shared_experts * I, NK = N * K;
+    if (SI > 0) {
+        cu_zero(m->dsg, sizeof(float) * (size_t)N * SI);
+        cu_zero(m->dsh1, sizeof(float) * (size_t)N * SI);
+        cu_zero(m->dsh3, sizeof(float) * (size_t)N * SI);
+        cu_matmul_backward(m->dsg, gp->sw2, dy, ba->sg, lp->sw2, N, SI, C);
+        cu_swiglu_backward(m->dsh1, m->dsh3, m->dsg, ba->sh1, ba->sh3, (long)N * SI);
+        cu_matmul_backward(dln2, gp->sw1, m->dsh1, ba->ln2, lp->sw1, N, C, SI);
+        cu_matmul_backward(dln2, gp->sw3, m->dsh3, ba->ln2, lp->sw3, N, C, SI);
+    }
+    cu_moe_combine_backward(m->dey, m->dwts, dy, ba->ey, ba->wts, ba->perm, ba->row_of, ba->expert_off, N, K, C, E);
+    cu_zero(m->deg, sizeof(float) * (size_t)NK * I);
+    cu_zero(m->deh1, sizeof(float) * (size_t)NK * I);
+    cu_zero(m->deh3, sizeof(float) * (size_t)NK * I);
+    cu_zero(m->dxe, sizeof(float) * (size_t)NK * C);
+    cu_grouped_matmul_backward(m->deg, gp->ew2, m->dey, ba->eg, lp->ew2, ba->expert_off, E, N, I, C);
+    cu_swiglu_backward(m->deh1, m->deh3, m->deg, ba->eh1, ba->eh3, (long)NK * I);
+    cu_grouped_matmul_backward(m->dxe, gp->ew1, m->deh1, ba->xe, lp->ew1, ba->expert_off, E, N, C, I);
+    cu_grouped_matmul_backward(m->dxe, gp->ew3, m->deh3, ba->xe, lp->ew3, ba->expert_off, E, N, C, I);
+    cu_moe_scatter_add(dln2, m->dxe, ba->row_of, N, K, C);
+    cu_moe_gate_backward(m->dlogits, m->dwts, ba->scores, ba->sel, N, E, K, c->score_func, c->route_scale);
+    cu_matmul_backward(dln2, gp->gate, m->dlogits, ba->ln2, lp->gate, N, C, E);
+}
+
+static void block_backward(CudaModel *m, int l, float *dx) {
+    const ModelConfig *c = &m->cfg;
+    const LayerParams *lp = &m->p.layers[l];
+    LayerParams *gp = &m->g.layers[l];
+    BlockActs *ba = &m->acts[l];
+    int N = m->B * m->T, C = c->dim;
+    cu_zero(m->dln2, sizeof(float) * (size_t)N * C);
+    if (lp->is_moe) {
+        moe_backward(m, lp, gp, ba, dx, m->dln2);
+    } else {
+        int I = c->inter_dim;
+        cu_zero(m->dg, sizeof(float) * (size_t)N * I);
+        cu_zero(m->dh1, sizeof(float) * (size_t)N * I);
+        cu_zero(m->dh3, sizeof(float) * (size_t)N * I);
+        cu_matmul_backward(m->dg, gp->w2, dx, ba->g, lp->w2, N, I, C);
+        cu_swiglu_backward(m->dh1, m->dh3, m->dg, ba->h1, ba->h3, (long)N * I);
+        cu_matmul_backward(m->dln2, gp->w1, m->dh1, ba->ln2, lp->w1, N, C, I);
+        cu_matmul_backward(m->dln2, gp->w3, m->dh3, ba->ln2, lp->w3, N, C, I);
+    }
+    cu_rmsnorm_backward(dx, C, gp->ffn_norm, m->dln2, ba->x_mid, C, lp->ffn_norm, ba->ln2_rstd, N, C);
+    attention_block_backward(m, l, dx);
+}
+
+extern "C" {
+
+float cuda_model_forward(CudaModel *m, const int *inputs, const int *targets, int B, int T) {
+    const ModelConfig *c = &m->cfg;
+    if (B > m->B_max || T > m->T_max || B <= 0 || T <= 0) {
+        fprintf(stderr, "error: cuda_model_forward batch %d x %d exceeds the allocated %d x %d\n", B, T, m->B_max,
+                m->T_max);
+        exit(EXIT_FAILURE);
+    }
+    int N = B * T, C = c->dim, V = c->vocab_size, L = c->n_layers;
+    for (int n = 0; n < N; n++) {
+        if (inputs[n] < 0 || inputs[n] >= V || (targets && (targets[n] < -1 || targets[n] >= V))) {
+            fprintf(stderr, "error: token %d at position %d is outside the vocabulary (%d)\n",
+                    inputs[n] < 0 || inputs[n] >= V ? inputs[n] : targets[n], n, V);
+            exit(EXIT_FAILURE);
+        }
+    }
+    m->B = B;
+    m->T = T;
+    int *pos = (int *)mallocCheck(sizeof(int) * (size_t)N);
+    for (int n = 0; n < N; n++) pos[n] = n % T;
+    cu_upload(m->pos, pos, sizeof(int) * (size_t)N);
+    free(pos);
+    cu_upload(m->inputs, inputs, sizeof(int) * (size_t)N);
+    cu_encoder_forward(m->acts[0].x_in, m->inputs, m->p.wte, N, C);
+    for (int l = 0; l < L; l++) {
+        float *x_out = l + 1 < L ? m->acts[l + 1].x_in : m->x_final;
+        block_forward(m, l, x_out, B, T);
+    }
+    cu_rmsnorm_forward(m->lnf, m->lnf_rstd, m->x_final, C, m->p.final_norm, N, C, c->norm_eps);
+    cu_matmul_forward(m->logits, m->lnf, m->p.lm_head, N, C, V);
+    m->loss = 0.0f;
+    m->n_valid = 0;
+    if (!targets) return 0.0f;
+    cu_upload(m->targets, targets, sizeof(int) * (size_t)N);
+    cu_crossentropy_forward(m->lse, m->loss_dev, m->n_valid_dev, m->ce_scr, m->logits, m->targets, N, V);
+    cu_download(&m->loss, m->loss_dev, sizeof(float));  // the one device-to-host copy of the step
+    return m->loss;
+}
+
+void cuda_model_backward(CudaModel *m) {
+    const ModelConfig *c = &m->cfg;
+    int N = m->B * m->T, C = c->dim, V = c->vocab_size, L = c->n_layers;
+    cu_zero(m->dx, sizeof(float) * (size_t)N * C);
+    cu_zero(m->dlnf, sizeof(float) * (size_t)N * C);
+    cu_crossentropy_backward(m->logits, m->lse, m->targets, N, V, 1.0f, m->n_valid_dev);
+    cu_matmul_backward(m->dlnf, m->g.lm_head, m->logits, m->lnf, m->p.lm_head, N, C, V);
+    cu_rmsnorm_backward(m->dx, C, m->g.final_norm, m->dlnf, m->x_final, C, m->p.final_norm, m->lnf_rstd, N, C);
+    for (int l = L - 1; l >= 0; l--) block_backward(m, l, m->dx);
+    cu_encoder_backward(m->g.wte, m->dx, m->inputs, N, C);
+}
+
+void cuda_model_zero_grad(CudaModel *m) { cu_zero(m->grads, sizeof(float) * m->num_params); }
+
+float cuda_model_grad_norm(CudaModel *m) {
+    cu_global_norm(m->norm_dev, m->grads, m->num_params, m->norm_scr);
+    float norm;
+    cu_download(&norm, m->norm_dev, sizeof(float));
+    return norm;
+}
+
+void cuda_model_adamw(CudaModel *m, float lr, float beta1, float beta2, float eps, float weight_decay,
+                      float grad_scale, int t) {
+    float b1c = 1.0f - powf(beta1, (float)t), b2c = 1.0f - powf(beta2, (float)t);
+    for (int ti = 0; ti < m->n_tensors; ti++) {
+        const TensorInfo *info = &m->tensors[ti];
+        float wd = info->decay ? weight_decay : 0.0f;
+        size_t o = info->offset;
+        cu_adamw(m->params + o, m->grads + o, m->m + o, m->v + o, info->numel, lr, beta1, beta2, eps, wd, grad_scale,
+                 b1c, b2c);
+    }
+}
+
+void cuda_model_update_bias(CudaModel *m) {
+    const ModelConfig *c = &m->cfg;
+    if (!cfg_uses_bias(c)) return;
+    int E = c->n_routed_experts;
+    for (int i = 0; i < m->n_moe; i++)
+        cu_bias_update(m->bias + (size_t)m->moe_block[i] * E, m->load + (size_t)i * E, E, c->bias_update_speed);
+}
+
+void cuda_model_routing_reset(CudaModel *m) {
+    int E = m->cfg.n_routed_experts > 0 ? m->cfg.n_routed_experts : 1;
+    cu_zero(m->load, sizeof(float) * (size_t)(m->n_moe > 0 ? m->n_moe : 1) * E);
+    cu_zero(m->dropped, sizeof(float) * (size_t)(m->n_moe > 0 ? m->n_moe : 1));
+}
+
+int cuda_model_routing_loads(const CudaModel *m, int i, float *load, float *dropped) {
+    if (i >= 0 && i < m->n_moe) {
+        int E = m->cfg.n_routed_experts;
+        if (load) cu_download(load, m->load + (size_t)i * E, sizeof(float) * E);
+        if (dropped) cu_download(dropped, m->dropped + i, sizeof(float));
+    }
+    return m->n_moe;
+}
+
+}  // extern "C"

@@ -1,0 +1,154 @@
+// A whole training step of a tiny config on the CUDA backend (model/cuda/model.cu) against
+// the CPU reference model (model/cpu/model.c): loss, every gradient tensor, the grad norm,
+// parameters and AdamW moments after the update, routing loads, biases after the loss-free
+// update, and a second step that uses the updated biases. Through the CUDA-on-CPU harness in
+// make test, on a real GPU in make test-gpu.
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/util.h"
+#include "../model/cuda/cuda_model.h"
+#include "../model/cuda/cuda_ops.h"
+#include "../model/model.h"
+#include "test.h"
+
+// compare a whole buffer tensor by tensor; one line per bad tensor
+static int check_tensors(const char *what, const Model *cpu, const float *got, const float *ref, double atol,
+                         double rtol) {
+    int bad_tensors = 0;
+    for (int ti = 0; ti < cpu->n_tensors; ti++) {
+        const TensorInfo *t = &cpu->tensors[ti];
+        int bad = 0;
+        size_t worst = 0;
+        double worst_ex = -1.0, maxref = 0.0;
+        for (size_t i = 0; i < t->numel; i++) {
+            double a = got[t->offset + i], b = ref[t->offset + i];
+            maxref = fabs(b) > maxref ? fabs(b) : maxref;
+            double d = fabs(a - b), lim = atol + rtol * fabs(b);
+            if (!(d <= lim)) {
+                bad++;
+                double ex = isnan(d) ? 1e30 : d - lim;
+                if (ex > worst_ex) worst_ex = ex, worst = i;
+            }
+        }
+        if (bad) {
+            bad_tensors++;
+            CHECK(0, "%s %s: %d of %zu differ; worst [%zu] got %.9g expected %.9g (max |ref| %.3g)", what, t->name, bad,
+                  t->numel, worst, got[t->offset + worst], ref[t->offset + worst], maxref);
+        }
+    }
+    return bad_tensors;
+}
+
+static void run_case(const char *name, ModelConfig *c, int B, int T) {
+    test_begin(name);
+    MoeErr err = {{0}};
+    Model cpu;
+    if (model_init(&cpu, c, B, T, 42, &err) != 0) {
+        CHECK(0, "model_init: %s", err.msg);
+        test_end();
+        return;
+    }
+    CudaModel *gm = NULL;
+    if (cuda_model_create(&gm, c, B, T, &err) != 0) {
+        CHECK(0, "cuda_model_create: %s", err.msg);
+        model_free(&cpu);
+        test_end();
+        return;
+    }
+    size_t np = cpu.num_params;
+    CHECK(cuda_model_num_params(gm) == np, "param count %zu vs %zu", cuda_model_num_params(gm), np);
+    cuda_model_upload_params(gm, cpu.params);
+    int N = B * T, E = c->n_routed_experts > 0 ? c->n_routed_experts : 1;
+    // a non-zero bias, so that selection by score + bias is exercised
+    for (int i = 0; i < cpu.n_blocks * E; i++) cpu.bias[i] = 0.02f * (float)((i * 5) % 7 - 3);
+    cuda_model_upload_bias(gm, cpu.bias);
+    uint64_t rng = rng_seed(7);
+    int *in = (int *)mallocCheck(sizeof(int) * N), *tg = (int *)mallocCheck(sizeof(int) * N);
+    float *buf = (float *)mallocCheck(sizeof(float) * np), *buf2 = (float *)mallocCheck(sizeof(float) * np);
+    float *bias = (float *)mallocCheck(sizeof(float) * cpu.n_blocks * E);
+    for (int step = 1; step <= 2; step++) {
+        for (int n = 0; n < N; n++) {
+            in[n] = (int)(rng_next_u64(&rng) % (uint64_t)c->vocab_size);
+            tg[n] = n % 5 == 4 ? -1 : (int)(rng_next_u64(&rng) % (uint64_t)c->vocab_size);
+        }
+        routing_stats_reset(&cpu);
+        cuda_model_routing_reset(gm);
+        model_zero_grad(&cpu);
+        cuda_model_zero_grad(gm);
+        float lc = model_forward(&cpu, in, tg, B, T, 1);
+        float lg = cuda_model_forward(gm, in, tg, B, T);
+        CHECK(fabsf(lc - lg) <= 1e-5f + 1e-5f * fabsf(lc), "step %d loss: cuda %.9g cpu %.9g", step, lg, lc);
+        model_backward(&cpu);
+        cuda_model_backward(gm);
+        cuda_model_download_grads(gm, buf);
+        check_tensors("grad", &cpu, buf, cpu.grads, 1e-6, 2e-3);
+        float nc = model_grad_norm(&cpu), ng = cuda_model_grad_norm(gm);
+        CHECK(fabsf(nc - ng) <= 1e-5f * nc + 1e-7f, "step %d grad norm: cuda %.9g cpu %.9g", step, ng, nc);
+        // routing loads
+        for (int i = 0; i < cpu.n_moe; i++) {
+            float load[256], dropped = 0.0f;
+            cuda_model_routing_loads(gm, i, load, &dropped);
+            int bad = 0;
+            for (int e = 0; e < E; e++) bad += load[e] != (float)cpu.stats[i].load[e];
+            CHECK(!bad, "step %d moe block %d: loads differ in %d experts", step, cpu.moe_block[i], bad);
+            CHECK(dropped == (float)cpu.stats[i].dropped, "step %d dropped %g vs %g", step, dropped, cpu.stats[i].dropped);
+        }
+        model_adamw(&cpu, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, step);
+        cuda_model_adamw(gm, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, step);
+        cuda_model_download_params(gm, buf);
+        // Adam's step is ~lr * g / |g| per element: a tiny gradient's rounding moves it by up to
+        // lr, so parameters are compared to 0.1 % of lr
+        check_tensors("param", &cpu, buf, cpu.params, 1e-3 * 1e-2, 1e-4);
+        cuda_model_download_adam(gm, buf, buf2);
+        check_tensors("adam m", &cpu, buf, cpu.m, 1e-7, 2e-3);
+        check_tensors("adam v", &cpu, buf2, cpu.v, 1e-10, 4e-3);
+        model_update_bias(&cpu);
+        cuda_model_update_bias(gm);
+        cuda_model_download_bias(gm, bias);
+        int bad = 0;
+        for (int i = 0; i < cpu.n_blocks * E; i++) bad += bias[i] != cpu.bias[i];
+        CHECK(!bad, "step %d: %d biases differ after the update", step, bad);
+        // continue from identical parameters so that step 2 tests the same computation again
+        cuda_model_download_params(gm, buf);
+        cuda_model_upload_params(gm, cpu.params);
+    }
+    free(in), free(tg), free(buf), free(buf2), free(bias);
+    cuda_model_free(gm);
+    model_free(&cpu);
+    test_end();
+}
+
+int main(void) {
+    printf("# backend %s\n", cu_backend());
+    ModelConfig c;
+    config_tiny(&c);  // q_lora, shared experts, 3 groups of 2, top-2, sigmoid
+    c.balance = BALANCE_BIAS;
+    c.mtp_depth = 0;
+    run_case("cuda_model_step_tiny_sigmoid_groups", &c, 2, 7);
+
+    config_tiny(&c);
+    c.q_lora_rank = 0;
+    c.score_func = SCORE_SOFTMAX;
+    c.n_expert_groups = 1;
+    c.n_limited_groups = 1;
+    c.capacity_factor = 0.75f;  // drops
+    c.balance = BALANCE_BIAS;
+    c.route_scale = 1.0f;
+    run_case("cuda_model_step_tiny_softmax_capacity_no_qlora", &c, 3, 5);
+
+    test_begin("cuda_model_refuses_unsupported");
+    MoeErr err = {{0}};
+    CudaModel *gm = NULL;
+    config_tiny(&c);
+    c.balance = BALANCE_SEQAUX;
+    CHECK(cuda_model_create(&gm, &c, 1, 4, &err) != 0 && strstr(err.msg, "seqaux"), "seqaux accepted: %s", err.msg);
+    config_tiny(&c);
+    c.mtp_depth = 1;
+    CHECK(cuda_model_create(&gm, &c, 1, 4, &err) != 0 && strstr(err.msg, "MTP"), "MTP accepted: %s", err.msg);
+    config_tiny(&c);
+    CHECK(cuda_model_create(&gm, &c, 1, 100, &err) != 0, "T > max_seq_len accepted");
+    test_end();
+    return test_summary();
+}
