@@ -135,7 +135,33 @@ static void crc_init(void) {
     crc_ready = 1;
 }
 
+#if defined(__x86_64__)
+// the SSE4.2 crc32 instruction computes the same CRC-32C 4-6x faster
+__attribute__((target("sse4.2"))) static uint32_t crc32c_hw(uint32_t crc, const uint8_t *p, size_t n) {
+    uint64_t c = ~crc;
+    while (n >= 8) {
+        uint64_t v;
+        memcpy(&v, p, 8);
+        c = __builtin_ia32_crc32di(c, v);
+        p += 8;
+        n -= 8;
+    }
+    uint32_t c32 = (uint32_t)c;
+    while (n--) c32 = __builtin_ia32_crc32qi(c32, *p++);
+    return ~c32;
+}
+#endif
+
 uint32_t crc32c(uint32_t crc, const void *data, size_t n) {
+#if defined(__x86_64__)
+    static int hw = -1;
+    if (hw < 0) hw = __builtin_cpu_supports("sse4.2") ? 1 : 0;
+    if (hw) return crc32c_hw(crc, (const uint8_t *)data, n);
+#endif
+    return crc32c_sw(crc, data, n);
+}
+
+uint32_t crc32c_sw(uint32_t crc, const void *data, size_t n) {
     if (!crc_ready) crc_init();
     const uint8_t *p = (const uint8_t *)data;
     crc = ~crc;

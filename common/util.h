@@ -130,5 +130,7 @@ int file_exists(const char *path);
 
 // CRC-32C (Castagnoli), for checksums of files we write.
 uint32_t crc32c(uint32_t crc, const void *data, size_t n);
+// the portable table implementation (crc32c uses the SSE4.2 instruction when present)
+uint32_t crc32c_sw(uint32_t crc, const void *data, size_t n);
 
 #endif

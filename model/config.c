@@ -154,11 +154,25 @@ int config_validate(const ModelConfig *c, MoeErr *err) {
         return moe_err_set(err, "config: rope_theta must be > 0 (got %g)", c->rope_theta);
     if (!(c->norm_eps > 0.0f) || !isfinite(c->norm_eps))
         return moe_err_set(err, "config: norm_eps must be > 0 (got %g)", c->norm_eps);
-    // sizes that would overflow our int indexing
-    double biggest = (double)c->vocab_size * c->dim;
-    double expert = (double)c->n_routed_experts * c->moe_inter_dim * c->dim;
-    if (biggest > 2e9 || expert > 2e9)
-        return moe_err_set(err, "config: a tensor has more than 2^31 elements (vocab_size*dim or experts*moe_inter_dim*dim)");
+    // sizes that would overflow our int indexing: every tensor below 2^31 elements
+    double dqk = (double)c->qk_nope_dim + c->qk_rope_dim, C = c->dim, H = c->n_heads;
+    struct {
+        const char *what;
+        double n;
+    } t[] = {{"vocab_size*dim", (double)c->vocab_size * C},
+             {"n_routed_experts*moe_inter_dim*dim", (double)c->n_routed_experts * c->moe_inter_dim * C},
+             {"n_shared_experts*moe_inter_dim*dim", (double)c->n_shared_experts * c->moe_inter_dim * C},
+             {"inter_dim*dim", (double)c->inter_dim * C},
+             {"n_heads*(qk_nope_dim+qk_rope_dim)*dim", H * dqk * C},
+             {"n_heads*(qk_nope_dim+qk_rope_dim)*q_lora_rank", H * dqk * c->q_lora_rank},
+             {"q_lora_rank*dim", (double)c->q_lora_rank * C},
+             {"(kv_lora_rank+qk_rope_dim)*dim", ((double)c->kv_lora_rank + c->qk_rope_dim) * C},
+             {"n_heads*(qk_nope_dim+v_head_dim)*kv_lora_rank",
+              H * ((double)c->qk_nope_dim + c->v_head_dim) * c->kv_lora_rank},
+             {"dim*n_heads*v_head_dim", C * H * c->v_head_dim}};
+    for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+        if (t[i].n > 2147483647.0)
+            return moe_err_set(err, "config: the tensor of size %s has more than 2^31 elements (%.3g)", t[i].what, t[i].n);
     return 0;
 }
 

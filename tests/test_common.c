@@ -29,6 +29,14 @@ int main(void) {
     uint32_t a = crc32c(0, s, strlen(s));
     uint32_t b = crc32c(crc32c(0, s, 13), s + 13, strlen(s) - 13);
     CHECK(a == b, "incremental crc differs");
+    CHECK(crc32c_sw(0, "123456789", 9) == 0xE3069283u, "table crc32c('123456789')");
+    {
+        unsigned char buf[1000];
+        uint64_t r = rng_seed(3);
+        for (int i = 0; i < 1000; i++) buf[i] = (unsigned char)rng_next_u64(&r);
+        for (int len = 0; len < 1000; len += 37)
+            CHECK(crc32c(7, buf + 1, (size_t)len) == crc32c_sw(7, buf + 1, (size_t)len), "hw/sw crc differ at %d", len);
+    }
     test_end();
 
     test_begin("write_file_atomic_roundtrip");

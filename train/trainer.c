@@ -62,12 +62,21 @@ static void resume_data_paths(TrainOpts *o, Flag *flags, int nf) {
     cJSON *root = cJSON_Parse(js);
     free(js);
     const cJSON *tr = root ? cJSON_GetObjectItemCaseSensitive(root, "train") : NULL;
-    const char *keys[2] = {"train_data", "val_data"};
-    const char *fl[2] = {"train-data", "val-data"};
-    char *dst[2] = {o->train_data, o->val_data};
-    for (int i = 0; i < 2; i++) {
+    const char *keys[3] = {"train_data", "val_data", "tokenizer"};
+    const char *fl[3] = {"train-data", "val-data", "tokenizer"};
+    char *dst[3] = {o->train_data, o->val_data, o->tokenizer};
+    for (int i = 0; i < 3; i++) {
         const cJSON *v = tr ? cJSON_GetObjectItemCaseSensitive(tr, keys[i]) : NULL;
         if (cJSON_IsString(v) && !flags_find(flags, nf, fl[i])->set) snprintf(dst[i], FLAG_STR_LEN, "%s", v->valuestring);
+    }
+    // the periodic work keeps its schedule (validation decides best.ckpt, so it must match)
+    const char *ikeys[7] = {"val_every", "val_batches", "sample_every", "ckpt_every", "keep_ckpts", "report_every", "log_every"};
+    const char *ifl[7] = {"val-every", "val-batches", "sample-every", "ckpt-every", "keep-ckpts", "report-every", "log-every"};
+    int *idst[7] = {&o->val_every, &o->val_batches, &o->sample_every, &o->ckpt_every, &o->keep_ckpts, &o->report_every,
+                    &o->log_every};
+    for (int i = 0; i < 7; i++) {
+        const cJSON *v = tr ? cJSON_GetObjectItemCaseSensitive(tr, ikeys[i]) : NULL;
+        if (cJSON_IsNumber(v) && !flags_find(flags, nf, ifl[i])->set) *idst[i] = v->valueint;
     }
     if (!tr) fprintf(stderr, "warning: %s has no \"train\" object: using the default data paths\n", path);
     cJSON_Delete(root);
@@ -109,7 +118,11 @@ int trainer_resolve_options(TrainOpts *o, Flag *flags, int nf) {
     if (o->resume[0]) {
         char path[FLAG_STR_LEN];
         if (ckpt_resolve(o->resume, path, sizeof path, &err) != 0) {
-            // a bare run name: look under the checkpoint folder
+            // a bare run name under a checkpoint folder other than the default one
+            if (!strcmp(o->ckpt_dir, "checkpoints")) {
+                fprintf(stderr, "error: cannot resume '%s': %s\n", o->resume, err.msg);
+                return -1;
+            }
             char alt[2048];
             snprintf(alt, sizeof alt, "%s/%s", o->ckpt_dir, o->resume);
             MoeErr err2;
@@ -488,6 +501,11 @@ static void write_run_json(const char *run_dir, const TrainOpts *o, const Model 
     json_str(fp, o->train_data);
     fprintf(fp, ", \"val_data\": ");
     json_str(fp, o->val_data);
+    fprintf(fp, ", \"tokenizer\": ");
+    json_str(fp, o->tokenizer);
+    fprintf(fp, ", \"val_every\": %d, \"val_batches\": %d, \"sample_every\": %d, \"ckpt_every\": %d, \"keep_ckpts\": %d, "
+                "\"report_every\": %d, \"log_every\": %d",
+            o->val_every, o->val_batches, o->sample_every, o->ckpt_every, o->keep_ckpts, o->report_every, o->log_every);
     fprintf(fp, "},\n \"domains\": [");
     for (int d = 0; d < dataloader_n_domains(dl); d++) {
         if (d) fprintf(fp, ", ");
