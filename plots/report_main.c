@@ -49,12 +49,8 @@ int main(int argc, char **argv) {
     report_options_default(&o);
     o.quiet = 0;
     const char *compare_out = NULL;
-    const char **dirs = calloc((size_t)argc, sizeof(char *));
     int n_dirs = 0, timing = 0;
-    if (!dirs) {
-        fprintf(stderr, "error: out of memory\n");
-        return 1;
-    }
+    // first pass: options; run folders are counted and collected in a second pass
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int need = !strcmp(a, "--window") || !strcmp(a, "--layer") || !strcmp(a, "--share-threshold") ||
@@ -89,7 +85,7 @@ int main(int argc, char **argv) {
             fprintf(stderr, "error: unknown option '%s' (see -h)\n", a);
             return 1;
         } else {
-            dirs[n_dirs++] = a;
+            n_dirs++;
         }
         if (bad) {
             fprintf(stderr, "error: bad value '%s' for %s (see -h)\n", argv[i], a);
@@ -99,6 +95,16 @@ int main(int argc, char **argv) {
     if (n_dirs == 0 || (!compare_out && n_dirs != 1)) {
         fprintf(stderr, "error: %s (see -h)\n", n_dirs == 0 ? "no run folder given" : "give one RUN_DIR (or use --compare)");
         return 1;
+    }
+    const char **dirs = mallocCheck(sizeof(char *) * (size_t)n_dirs);
+    int k = 0;
+    for (int i = 1; i < argc; i++) {  // the same walk, keeping the positional arguments
+        const char *a = argv[i];
+        if (!strcmp(a, "--window") || !strcmp(a, "--layer") || !strcmp(a, "--share-threshold") ||
+            !strcmp(a, "--entropy-frac") || !strcmp(a, "--patience") || !strcmp(a, "--compare"))
+            i++;
+        else if (a[0] != '-' || !a[1])
+            dirs[k++] = a;
     }
     MoeErr err = {{0}};
     double t0 = wall_seconds();
