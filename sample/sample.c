@@ -186,95 +186,113 @@ static int print_token(int id, void *ctx) {
     return 0;
 }
 
+// Load the checkpoint into m (parameters and balancing biases; no optimizer state).
+static int load_model(const SampleArgs *a, Model *m, char *path, size_t path_len, CkptTrainState *st) {
+    SampleArgs d;
+    args_default(&d);
+    MoeErr err;
+    ModelConfig cfg;
+    // a run name / folder resolves to its newest checkpoint that validates
+    if (ckpt_resolve(a->checkpoint, path, path_len, &err) != 0) {
+        fprintf(stderr, "sample: %s%s\n", err.msg,
+                strcmp(a->checkpoint, d.checkpoint) ? "" : " (train a model first: make train, or give -c)");
+        return -1;
+    }
+    if (ckpt_read_header(path, &cfg, st, &err) != 0) {
+        fprintf(stderr, "sample: %s\n", err.msg);
+        return -1;
+    }
+    if (model_init(m, &cfg, 1, 1, 0, &err) != 0) {
+        fprintf(stderr, "sample: checkpoint '%s': %s\n", path, err.msg);
+        return -1;
+    }
+    if (ckpt_load(path, m, st, 0, &err) != 0) {
+        fprintf(stderr, "sample: %s\n", err.msg);
+        model_free(m);
+        return -1;
+    }
+    return 0;
+}
+
+// The prompt's ids: BOS (when asked for and the tokenizer has one), then the encoded text.
+// text/text_len receive the prompt text (file_text is the buffer to free when read from a file).
+static int encode_prompt(const SampleArgs *a, Tokenizer *tok, TokIds *ids, const char **text, size_t *text_len,
+                         char **file_text) {
+    MoeErr err;
+    *text = a->prompt;
+    *text_len = strlen(a->prompt);
+    if (a->prompt_file[0]) {
+        if (read_file_all(a->prompt_file, file_text, text_len, &err) != 0) {
+            fprintf(stderr, "sample: prompt file: %s\n", err.msg);
+            return -1;
+        }
+        *text = *file_text;
+    }
+    int bos = tokenizer_bos_id(tok);
+    if (a->bos && bos >= 0) {
+        ids->cap = 16;
+        ids->ids = (int32_t *)mallocCheck(sizeof(int32_t) * ids->cap);
+        ids->ids[ids->n++] = bos;
+    }
+    if (tokenizer_encode(tok, *text, *text_len, 0, ids, &err) != 0) {
+        fprintf(stderr, "sample: encoding the prompt: %s\n", err.msg);
+        return -1;
+    }
+    if (ids->n == 0) {
+        fprintf(stderr, "sample: the prompt is empty and there is no BOS token to start from (%s); give -p TEXT\n",
+                a->bos ? "the tokenizer has none" : "--bos 0");
+        return -1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
-    SampleArgs a;
+    SampleArgs a, d;
     args_default(&a);
+    args_default(&d);
     if (parse_args(&a, argc, argv)) {
         usage(stdout);
         return 0;
     }
     MoeErr err;
-    // checkpoint: resolve a run name / folder to its newest valid file, read the config
+    int rc = EXIT_FAILURE;
     char path[4096];
-    SampleArgs defaults;
-    args_default(&defaults);
-    if (ckpt_resolve(a.checkpoint, path, sizeof path, &err) != 0) {
-        fprintf(stderr, "sample: %s%s\n", err.msg,
-                strcmp(a.checkpoint, defaults.checkpoint) ? "" : " (train a model first: make train, or give -c)");
-        return EXIT_FAILURE;
-    }
-    ModelConfig cfg;
     CkptTrainState st;
-    if (ckpt_read_header(path, &cfg, &st, &err) != 0) {
-        fprintf(stderr, "sample: %s\n", err.msg);
-        return EXIT_FAILURE;
-    }
     Model m;
-    if (model_init(&m, &cfg, 1, 1, 0, &err) != 0) {
-        fprintf(stderr, "sample: checkpoint '%s': %s\n", path, err.msg);
-        return EXIT_FAILURE;
-    }
-    if (ckpt_load(path, &m, &st, 0, &err) != 0) {
-        fprintf(stderr, "sample: %s\n", err.msg);
-        model_free(&m);
-        return EXIT_FAILURE;
-    }
+    if (load_model(&a, &m, path, sizeof path, &st) != 0) return EXIT_FAILURE;
+    const ModelConfig *cfg = &m.cfg;
+    Tokenizer *tok = NULL;
+    TokIds ids = {0};
+    char *file_text = NULL;
+    int *prompt_ids = NULL, *out = NULL;
+    Generator g = {0};
     // tokenizer
-    Tokenizer *tok = tokenizer_load(a.tokenizer, &err);
+    tok = tokenizer_load(a.tokenizer, &err);
     if (!tok) {
         fprintf(stderr, "sample: tokenizer: %s%s\n", err.msg,
-                strcmp(a.tokenizer, defaults.tokenizer) ? "" : " (make data writes it, or give --tokenizer)");
-        model_free(&m);
-        return EXIT_FAILURE;
+                strcmp(a.tokenizer, d.tokenizer) ? "" : " (make data writes it, or give --tokenizer)");
+        goto done;
     }
     int tv = tokenizer_vocab_size(tok);
-    if (tv > cfg.vocab_size) {
+    if (tv > cfg->vocab_size) {
         fprintf(stderr, "sample: tokenizer '%s' has %d tokens but the model of '%s' only %d: not the model's tokenizer\n",
-                a.tokenizer, tv, path, cfg.vocab_size);
-        tokenizer_free(tok);
-        model_free(&m);
-        return EXIT_FAILURE;
+                a.tokenizer, tv, path, cfg->vocab_size);
+        goto done;
     }
-    // prompt -> ids
-    char *file_text = NULL;
-    size_t prompt_len = strlen(a.prompt);
-    const char *prompt = a.prompt;
-    if (a.prompt_file[0]) {
-        if (read_file_all(a.prompt_file, &file_text, &prompt_len, &err) != 0) {
-            fprintf(stderr, "sample: prompt file: %s\n", err.msg);
-            tokenizer_free(tok);
-            model_free(&m);
-            return EXIT_FAILURE;
-        }
-        prompt = file_text;
-    }
-    TokIds ids = {0};
-    int bos = tokenizer_bos_id(tok), eos = tokenizer_eos_id(tok);
-    if (a.bos && bos >= 0) {
-        int32_t b = bos;
-        ids.ids = (int32_t *)mallocCheck(sizeof(int32_t) * 16);
-        ids.cap = 16;
-        ids.ids[ids.n++] = b;
-    }
-    if (tokenizer_encode(tok, prompt, prompt_len, 0, &ids, &err) != 0) {
-        fprintf(stderr, "sample: encoding the prompt: %s\n", err.msg);
-        return EXIT_FAILURE;
-    }
-    if (ids.n == 0) {
-        fprintf(stderr, "sample: the prompt is empty and the tokenizer has no BOS token to start from; give -p TEXT\n");
-        return EXIT_FAILURE;
-    }
-    int T = cfg.max_seq_len;
+    // prompt
+    const char *text;
+    size_t text_len;
+    if (encode_prompt(&a, tok, &ids, &text, &text_len, &file_text) != 0) goto done;
+    int T = cfg->max_seq_len;
     if (ids.n > (size_t)T) {
         fprintf(stderr, "sample: the prompt is %zu tokens, longer than the model's max_seq_len %d\n", ids.n, T);
-        return EXIT_FAILURE;
+        goto done;
     }
     int n_prompt = (int)ids.n;
-    int *prompt_ids = (int *)mallocCheck(sizeof(int) * (size_t)n_prompt);
+    prompt_ids = (int *)mallocCheck(sizeof(int) * (size_t)n_prompt);
     for (int i = 0; i < n_prompt; i++) prompt_ids[i] = ids.ids[i];
-    // the cache holds prompt + generated tokens but the last one (sampled, never fed back)
-    int room = T - n_prompt + 1;
-    int n_new = a.length;
+    // the cache holds the prompt and the generated tokens but the last (sampled, never fed back)
+    int room = T - n_prompt + 1, n_new = a.length;
     if (n_new > room) {
         if (!a.quiet)
             fprintf(stderr, "note: generating %d tokens instead of %d: the model's max_seq_len is %d and the prompt is %d\n",
@@ -282,43 +300,44 @@ int main(int argc, char **argv) {
         n_new = room;
     }
     int cache_len = n_prompt + n_new - 1 > n_prompt ? n_prompt + n_new - 1 : n_prompt;
-    Generator g;
     if (gen_init(&g, &m, cache_len, &err) != 0) {
         fprintf(stderr, "sample: %s\n", err.msg);
-        return EXIT_FAILURE;
+        goto done;
     }
     if (!a.quiet) {
         GenCacheReport r;
-        generate_cache_report(&cfg, &r);
+        generate_cache_report(cfg, &r);
         fprintf(stderr, "checkpoint %s (step %lld, %zu parameters), tokenizer %s (%d tokens)\n", path,
                 (long long)st.step, m.num_params, a.tokenizer, tv);
         generate_cache_report_print(&r, cache_len, stderr);
     }
     // the prompt as given (without BOS), then the continuation, streamed
-    fwrite(prompt, 1, prompt_len, stdout);
+    fwrite(text, 1, text_len, stdout);
     fflush(stdout);
-    Printer pr = {tok, a.stop, bos, eos, 0};
+    Printer pr = {tok, a.stop, tokenizer_bos_id(tok), tokenizer_eos_id(tok), 0};
     SampleOpts so = {a.temperature, a.top_k, a.top_p};
-    int *out = (int *)mallocCheck(sizeof(int) * (size_t)n_new);
+    out = (int *)mallocCheck(sizeof(int) * (size_t)n_new);
     double t0 = wall_seconds();
     int n = gen_generate(&g, prompt_ids, n_prompt, n_new, &so, a.seed, out, print_token, &pr, &err);
     double dt = wall_seconds() - t0;
     printf("\n");
     fflush(stdout);
-    int rc = 0;
     if (n < 0) {
         fprintf(stderr, "sample: %s\n", err.msg);
-        rc = EXIT_FAILURE;
-    } else if (!a.quiet) {
-        fprintf(stderr, "%d prompt + %d generated tokens in %.2f s (%.1f tokens/s, temperature %g, top-k %d, top-p %g, seed %llu)\n",
+        goto done;
+    }
+    if (!a.quiet)
+        fprintf(stderr,
+                "%d prompt + %d generated tokens in %.2f s (%.1f tokens/s; temperature %g, top-k %d, top-p %g, seed %llu)\n",
                 n_prompt, n, dt, dt > 0 ? (n_prompt + n) / dt : 0.0, a.temperature, a.top_k, a.top_p,
                 (unsigned long long)a.seed);
-    }
+    rc = 0;
+done:
     free(out);
     free(prompt_ids);
     free(file_text);
     tok_ids_free(&ids);
-    gen_free(&g);
+    if (g.m) gen_free(&g);
     tokenizer_free(tok);
     model_free(&m);
     return rc;

@@ -8,7 +8,14 @@ S=$BUILD/sample
 H=$BUILD/tests/test_generate_ckpt
 if [ ! -x "$S" ] || [ ! -x "$H" ]; then
   echo "SKIP sample end-to-end: $S or $H not built"
-  # a tokenizer with more tokens than the model's vocabulary
+  expect_error "empty prompt without BOS" "prompt is empty" -c "$tmp/t.ckpt" -k "$tmp/tok.json" --bos 0
+# a prompt file, and a prompt longer than max_seq_len (48 tokens)
+printf 'And God' > "$tmp/prompt.txt"
+run pf -c "$tmp/t.ckpt" -k "$tmp/tok.json" -f "$tmp/prompt.txt" -n 30 -s 7 --stop 0
+if [ "$rc" -eq 0 ] && cmp -s "$tmp/a.out" "$tmp/pf.out"; then pass "sample: --prompt-file = --prompt"; else fail "sample: --prompt-file = --prompt" "exit $rc"; fi
+head -c 2000 /dev/zero | tr '\0' 'x' | sed 's/xx/x /g' > "$tmp/long.txt"
+expect_error "prompt longer than max_seq_len" "max_seq_len" -c "$tmp/t.ckpt" -k "$tmp/tok.json" -f "$tmp/long.txt"
+# a tokenizer with more tokens than the model's vocabulary
 if "$H" --make "$tmp/small.ckpt" "$tmp/tok2.json" 200 > "$tmp/make2.log" 2>&1; then
   expect_error "tokenizer larger than the model's vocabulary" "not the model's tokenizer" -c "$tmp/small.ckpt" -k "$tmp/tok.json"
 else
@@ -127,6 +134,13 @@ head -c 3000 "$tmp/tok.json" > "$tmp/half.json"
 expect_error "truncated tokenizer.json" "half.json" -c "$tmp/t.ckpt" -k "$tmp/half.json"
 expect_error "checkpoint given as tokenizer" "t.ckpt" -c "$tmp/t.ckpt" -k "$tmp/t.ckpt"
 expect_error "missing prompt file" "nofile.txt" -c "$tmp/t.ckpt" -k "$tmp/tok.json" -f "$tmp/nofile.txt"
+expect_error "empty prompt without BOS" "prompt is empty" -c "$tmp/t.ckpt" -k "$tmp/tok.json" --bos 0
+# a prompt file, and a prompt longer than max_seq_len (48 tokens)
+printf 'And God' > "$tmp/prompt.txt"
+run pf -c "$tmp/t.ckpt" -k "$tmp/tok.json" -f "$tmp/prompt.txt" -n 30 -s 7 --stop 0
+if [ "$rc" -eq 0 ] && cmp -s "$tmp/a.out" "$tmp/pf.out"; then pass "sample: --prompt-file = --prompt"; else fail "sample: --prompt-file = --prompt" "exit $rc"; fi
+head -c 2000 /dev/zero | tr '\0' 'x' | sed 's/xx/x /g' > "$tmp/long.txt"
+expect_error "prompt longer than max_seq_len" "max_seq_len" -c "$tmp/t.ckpt" -k "$tmp/tok.json" -f "$tmp/long.txt"
 # a tokenizer with more tokens than the model's vocabulary
 if "$H" --make "$tmp/small.ckpt" "$tmp/tok2.json" 200 > "$tmp/make2.log" 2>&1; then
   expect_error "tokenizer larger than the model's vocabulary" "not the model's tokenizer" -c "$tmp/small.ckpt" -k "$tmp/tok.json"
