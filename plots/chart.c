@@ -129,7 +129,7 @@ static int axis_ticks(double lo, double hi, int logscale, int target, double *ou
         }
         return n;
     }
-    if (hi / lo <= 300) {  // short log axes: powers of two (0.125 ... 8)
+    if (logscale == 2) {  // powers of two (0.125 ... 8), for ratios
         double e0 = ceil(log2(lo) - 1e-9), e1 = floor(log2(hi) + 1e-9);
         int every = (int)((e1 - e0) / 8) + 1;
         for (double k = e0; k <= e1 && n < max; k += every) {
@@ -147,9 +147,21 @@ static int axis_ticks(double lo, double hi, int logscale, int target, double *ou
         for (int m = 1; m <= 9 && n < max; m++) {
             double v = (double)m * pow(10.0, k);
             if (v < lo * (1 - 1e-9) || v > hi * (1 + 1e-9)) continue;
-            int is_major = (m == 1 && (k - k0) % every == 0) || (decades <= 2 && (m == 2 || m == 5));
+            int is_major = (m == 1 && (k - k0) % every == 0) || (decades <= 3 && (m == 2 || m == 5));
             if (m > 1 && decades > 4) continue;  // no minor ticks on long log axes
             major[n] = is_major;
+            out[n++] = v;
+        }
+    }
+    int n_major = 0;
+    for (int i = 0; i < n; i++) n_major += major[i];
+    if (n_major < 2) {  // less than a decade: plain nice steps inside the range
+        double s = nice_step(hi - lo, target);
+        *step = s;
+        n = 0;
+        for (double v = ceil(lo / s - 1e-9) * s; v <= hi + 1e-9 * s && n < max; v += s) {
+            if (v <= 0) continue;
+            major[n] = 1;
             out[n++] = v;
         }
     }

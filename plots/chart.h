@@ -11,7 +11,7 @@ typedef struct {
     Canvas *cv;
     int x0, y0, x1, y1;  // plot area in pixels: [x0, x1) x [y0, y1)
     double xmin, xmax, ymin, ymax;
-    int xlog, ylog;  // log10 axes (limits must be > 0)
+    int xlog, ylog;  // log axes (limits must be > 0): 1 ticks at 1, 2, 5 x 10^k; 2 ticks at powers of two
     int no_xticks, no_yticks;  // axes_draw leaves out that axis' grid and tick labels
 } Axes;
 
@@ -43,7 +43,8 @@ void axes_vline(const Axes *ax, double x, Rgb c, float width, int dashed, const 
 void axes_legend(const Axes *ax, const char *const *names, const Rgb *colors, const int *styles, int n, int left);
 
 // Heatmap of v (rows, cols) filling the plot area: row 0 at the top. Values mapped to t =
-// (v - vmin)/(vmax - vmin) (or of log10 when logscale) through cmap. NaN cells grey.
+// (v - vmin)/(vmax - vmin) (or of log10 when logscale != 0) through cmap. NaN cells grey.
+// colorbar_draw's logscale: 0 linear, 1 log with 1-2-5 ticks, 2 log with powers-of-two ticks.
 // annotate: write each value in its cell when cells are large enough (format fmt, e.g. "%.2f").
 typedef Rgb (*ColorMap)(float);
 void heatmap_draw(const Axes *ax, const float *v, int rows, int cols, double vmin, double vmax, int logscale,

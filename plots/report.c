@@ -174,7 +174,7 @@ int chart_load_heatmap(const RunLog *r, int window, const char *path, Axes *ax_o
     }
     routing_window_share(g, w, v);
     axes_draw(&ax, title, "expert", "MoE layer");
-    heatmap_draw(&ax, v, L, E, SHARE_VMIN, SHARE_VMAX, 1, cmap_viridis, E <= 24 ? "%.2f" : NULL);
+    heatmap_draw(&ax, v, L, E, SHARE_VMIN, SHARE_VMAX, 2, cmap_viridis, E <= 24 ? "%.2f" : NULL);
     char names[256][32];
     const char *ptrs[256];
     layer_names(g, names, ptrs, 256);
@@ -190,7 +190,7 @@ int chart_load_heatmap(const RunLog *r, int window, const char *path, Axes *ax_o
         snprintf(lab, sizeof lab, "COLLAPSED (e%d)", ex);
         canvas_text(&cv, (float)x1 + 8, (float)(y0 + y1) / 2, lab, 12.0f, RGB_MARK, TEXT_LEFT, TEXT_MIDDLE, TEXT_BOLD);
     }
-    colorbar_draw(&cv, REPORT_W - 120, ax.y0, 22, ax.y1, SHARE_VMIN, SHARE_VMAX, 1, cmap_viridis,
+    colorbar_draw(&cv, REPORT_W - 120, ax.y0, 22, ax.y1, SHARE_VMIN, SHARE_VMAX, 2, cmap_viridis,
                   "load / mean load (log, 1 = uniform)");
     free(v);
     if (ax_out) *ax_out = ax;
@@ -234,7 +234,7 @@ static int draw_share_panel(const RunLog *r, int li, Axes *ax, int full) {
     if (g->n < cols) cols = g->n;
     float *v = share_bins(g, li, cols);
     if (!v) return -1;
-    heatmap_draw(ax, v, g->E, cols, SHARE_VMIN, SHARE_VMAX, 1, cmap_viridis, NULL);
+    heatmap_draw(ax, v, g->E, cols, SHARE_VMIN, SHARE_VMAX, 2, cmap_viridis, NULL);
     free(v);
     if (full) {
         heatmap_row_labels(ax, g->E, NULL, g->E > 16 ? g->E / 16 : 1);
@@ -268,7 +268,7 @@ int chart_share_layer(const RunLog *r, int li, const char *path, Axes *ax_out, M
             canvas_free(&cv);
             return moe_err_set(err, "%s: out of memory", path);
         }
-        colorbar_draw(&cv, REPORT_W - 110, ax.y0, 22, ax.y1, SHARE_VMIN, SHARE_VMAX, 1, cmap_viridis,
+        colorbar_draw(&cv, REPORT_W - 110, ax.y0, 22, ax.y1, SHARE_VMIN, SHARE_VMAX, 2, cmap_viridis,
                       "load / mean load (log)");
     }
     if (ax_out) *ax_out = ax;
@@ -320,7 +320,7 @@ int chart_share_grid(const RunLog *r, const char *path, MoeErr *err) {
         heatmap_row_labels(&ax, g->E, NULL, g->E > 8 ? g->E / 4 : 1);
         if (col) canvas_rect_outline(&cv, ax.x0 - 3, ax.y0 - 3, ax.x1 + 3, ax.y1 + 3, RGB_MARK, 2);
     }
-    colorbar_draw(&cv, W - 115, 60, 20, H - 60, SHARE_VMIN, SHARE_VMAX, 1, cmap_viridis, "load / mean load (log)");
+    colorbar_draw(&cv, W - 115, 60, 20, H - 60, SHARE_VMIN, SHARE_VMAX, 2, cmap_viridis, "load / mean load (log)");
     return save_png(&cv, path, err);
 }
 
@@ -916,7 +916,7 @@ int chart_domains(const RunLog *r, const char *path, MoeErr *err) {
     char title[160];
     snprintf(title, sizeof title,
              "Domain specialisation: P(expert | domain) / P(expert) (1 = no preference), step %d", d->step);
-    int rc = matrix_grid(path, title, n, m, D, E, (const char *const *)d->names, pt, 0.25, 4.0, 1, cmap_diverging,
+    int rc = matrix_grid(path, title, n, m, D, E, (const char *const *)d->names, pt, 0.25, 4.0, 2, cmap_diverging,
                          E <= 10 ? "%.2f" : NULL, "lift (log scale)", "expert", NULL, err);
     free(m);
     free(pt);

@@ -588,7 +588,7 @@ static int compare_load(RunLog *runs, int n, int window, const char *path, MoeEr
         float *v = malloc(sizeof(float) * (size_t)g->L * g->E);
         if (!v) continue;
         routing_window_share(g, window, v);
-        heatmap_draw(&ax, v, g->L, g->E, SHARE_VMIN, SHARE_VMAX, 1, cmap_viridis, g->E <= 8 ? "%.1f" : NULL);
+        heatmap_draw(&ax, v, g->L, g->E, SHARE_VMIN, SHARE_VMAX, 2, cmap_viridis, g->E <= 8 ? "%.1f" : NULL);
         free(v);
         for (int li = 0; li < g->L; li++) {
             int x0, y0, x1, y1;
@@ -600,7 +600,7 @@ static int compare_load(RunLog *runs, int n, int window, const char *path, MoeEr
         }
         heatmap_col_labels(&ax, g->E, NULL, g->E > 16 ? g->E / 8 : 1);
     }
-    colorbar_draw(&cv, W - 115, 74, 20, H - 50, SHARE_VMIN, SHARE_VMAX, 1, cmap_viridis, "load / mean load (log)");
+    colorbar_draw(&cv, W - 115, 74, 20, H - 50, SHARE_VMIN, SHARE_VMAX, 2, cmap_viridis, "load / mean load (log)");
     int rc = canvas_write_png(&cv, path, err);
     canvas_free(&cv);
     return rc;
