@@ -1060,13 +1060,20 @@ int tok_encoder_encode(TokEncoder *e, const void *text_, size_t n, int flags, To
     const Tokenizer *tok = e->tok;
     e->out = out;
     e->oom = 0;
-    if (!(flags & TOK_ENCODE_SPECIAL) || tok->n_added == 0) {
+    // without TOK_ENCODE_SPECIAL only non-special added tokens are split out (HF with
+    // encode_special_tokens=True); with it, all of them (HF's default)
+    int all = (flags & TOK_ENCODE_SPECIAL) != 0;
+    uint8_t first[256] = {0};
+    int any = 0;
+    for (int k = 0; k < tok->n_added; k++)
+        if (tok->added[k].len && (all || !tok->added[k].special)) {
+            first[(unsigned char)tok->added[k].content[0]] = 1;
+            any = 1;
+        }
+    if (!any) {
         if (encode_plain(e, text, n)) return moe_err_set(err, "tokenizer: out of memory encoding %zu bytes", n);
         return 0;
     }
-    uint8_t first[256] = {0};
-    for (int k = 0; k < tok->n_added; k++)
-        if (tok->added[k].len) first[(unsigned char)tok->added[k].content[0]] = 1;
     size_t seg = 0, pos = 0;
     while (pos < n) {
         if (!first[(unsigned char)text[pos]]) {
@@ -1076,7 +1083,8 @@ int tok_encoder_encode(TokEncoder *e, const void *text_, size_t n, int flags, To
         int hit = -1;
         for (int k = 0; k < tok->n_added; k++) {  // sorted longest first: leftmost-longest
             const TokAdded *a = &tok->added[k];
-            if (a->len == 0 || a->len > n - pos || memcmp(text + pos, a->content, a->len) != 0) continue;
+            if (a->len == 0 || (a->special && !all) || a->len > n - pos || memcmp(text + pos, a->content, a->len) != 0)
+                continue;
             if (a->single_word && ((pos > 0 && is_word((unsigned char)text[pos - 1])) ||
                                    (pos + a->len < n && is_word((unsigned char)text[pos + a->len]))))
                 continue;

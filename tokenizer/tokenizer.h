@@ -101,9 +101,10 @@ typedef struct {
 void tok_ids_free(TokIds *ids);
 
 enum {
-    // Recognise added tokens (special or not) written in the text. HF `tokenizers` always
-    // does, so use this flag for exact HF parity (e.g. for a pretrained model's prompts);
-    // leave it off for training data, where "<|end_of_text|>" in a text is just text.
+    // Also recognise SPECIAL added tokens written in the text (HF `tokenizers`' default).
+    // Without the flag special tokens in the text are plain text (HF with
+    // encode_special_tokens=True), which is what training data wants: "<|end_of_text|>"
+    // inside a document is just text. Non-special added tokens are always split out, as HF.
     TOK_ENCODE_SPECIAL = 1,
 };
 

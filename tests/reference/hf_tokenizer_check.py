@@ -107,18 +107,21 @@ class Checker:
             print(f"FAIL {name}: {why}")
         sys.stdout.flush()
 
-    def ours(self, tok_json, text):
+    def ours(self, tok_json, text, special=True):
         path = os.path.join(self.work, "text.txt")
         with open(path, "wb") as f:
             f.write(text.encode("utf-8"))
-        r = subprocess.run([self.bpe, "encode", "-S", "-t", tok_json, path], capture_output=True)
+        r = subprocess.run([self.bpe, "encode"] + (["-S"] if special else []) + ["-t", tok_json, path],
+                           capture_output=True)
         if r.returncode != 0:
             raise RuntimeError(r.stderr.decode(errors="replace").strip())
         return [int(x) for x in r.stdout.split()]
 
-    def compare(self, name, tok_json, texts):
+    def compare(self, name, tok_json, texts, special=True):
+        """special=False: ours without -S against HF with encode_special_tokens=True."""
         try:
             hf = Tokenizer.from_file(tok_json)
+            hf.encode_special_tokens = not special
         except Exception as e:  # noqa: BLE001
             self.report(name, False, f"HF cannot load {tok_json}: {e}")
             return
@@ -126,7 +129,7 @@ class Checker:
         for dom, text in texts.items():
             want = hf.encode(text, add_special_tokens=False).ids
             try:
-                got = self.ours(tok_json, text)
+                got = self.ours(tok_json, text, special)
             except RuntimeError as e:
                 bad.append(f"{dom}: ours failed: {e}")
                 continue
@@ -216,6 +219,8 @@ def main():
                             "  <lx>\t<rx>\n x<both> y \n<both>\nz x\u00a0<lx>\u00a0y\u3000<rx>\u3000z "
                             "<x>y <x> <|s|><|s|>\u2003\u2003<both>\u0085\u0085x")
     c.compare("hf_compat_added_tokens_strip_single_word", added, added_texts)
+    c.compare("hf_compat_added_tokens_special_as_text", added, {"added": added_texts["added"],
+                                                                "specials": texts["specials"]}, special=False)
 
     # legacy merges format "a b" and ignore_merges
     with open(os.path.join(args.work, "hf_qwen.json"), encoding="utf-8") as f:
