@@ -723,6 +723,9 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
     printf("parameters: %.2f M total, %.2f M active per token | batch %d x %d x %d accum = %d tokens/step\n",
            (double)m.num_params / 1e6, active_params(&m.cfg) / 1e6, o->batch_size, o->seq_len, o->grad_accum,
            o->batch_size * o->seq_len * o->grad_accum);
+    GenCacheReport cr;
+    generate_cache_report(&m.cfg, &cr);
+    generate_cache_report_print(&cr, m.cfg.max_seq_len, stdout);
     printf("logs: %s/ | checkpoints: %s/ | stop with Ctrl-C (saves), resume with: ./build/train --resume %s\n", run_dir,
            ckpt_dir, o->name);
     fflush(stdout);
