@@ -311,7 +311,7 @@ static void ref_forward(Ref *r, const int32_t *tok, int T, RefOut *out) {
             for (int j = 0; j < C; j++) x[t * C + j] += tmp[j];
         }
         memcpy(mid + (size_t)l * T * C, x, sizeof(double) * T * C);
-        free(wo); free(ao); free(Q); free(Kk); free(Vv);
+        free(wo); free(tmp); free(ao); free(Q); free(Kk); free(Vv);
         // FFN
         float *n2 = ref_get(r, 0, "%s.post_attention_layernorm.weight", p);
         double *y = (double *)calloc(C, sizeof(double)), *ye = (double *)calloc(C, sizeof(double));
