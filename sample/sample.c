@@ -1,7 +1,7 @@
 // sample: generate text from a checkpoint with DeepSeek-V3's absorbed MLA KV cache (only the
 // latent c_kv and the shared RoPE key k_pe are cached per token and layer).
 //
-//   build/sample -c checkpoints/default -p "In the beginning" -n 100 -t 0.8 --top-k 40 -s 1
+//   build/sample -c checkpoints/default -p "In the beginning" -n 100 -t 0.8 -k 40 -s 1
 //
 // The text (prompt, then the generated continuation, streamed) goes to stdout; the model,
 // the cache size per token against plain multi-head attention and the speed go to stderr.
@@ -56,12 +56,12 @@ static void usage(FILE *fp) {
             "The text goes to stdout; the cache size per token vs plain multi-head attention to stderr.\n"
             "flags (default in brackets):\n"
             "  -c, --checkpoint PATH   a .ckpt file, a run's checkpoint folder or a run name  [%s]\n"
-            "  -k, --tokenizer PATH    Hugging Face tokenizer.json  [%s]\n"
+            "      --tokenizer PATH    Hugging Face tokenizer.json  [%s]\n"
             "  -p, --prompt TEXT       text to continue  [\"%s\"]\n"
             "  -f, --prompt-file PATH  read the prompt from a file (instead of -p)  [none]\n"
             "  -n, --length N          tokens to generate (capped by the model's max_seq_len)  [%d]\n"
             "  -t, --temperature F     sampling temperature, 0 = greedy  [%g]\n"
-            "      --top-k N           keep the N most likely tokens, 0 = all  [%d]\n"
+            "  -k, --top-k N           keep the N most likely tokens, 0 = all  [%d]\n"
             "      --top-p F           then keep the smallest set with probability mass >= F, 1 = all  [%g]\n"
             "  -s, --seed N            random seed (the same seed gives the same text)  [%llu]\n"
             "      --bos 0|1           start with the tokenizer's BOS token, as documents do in training  [%d]\n"
@@ -137,9 +137,9 @@ static int parse_args(SampleArgs *a, int argc, char **argv) {
             snprintf(name, sizeof name, "%s", f);
         }
 #define IS(s, l) (!strcmp(name, s) || !strcmp(name, l))
-        int known = IS("-c", "--checkpoint") || IS("-k", "--tokenizer") || IS("-p", "--prompt") ||
+        int known = IS("-c", "--checkpoint") || IS("--tokenizer", "--tokenizer") || IS("-p", "--prompt") ||
                     IS("-f", "--prompt-file") || IS("-n", "--length") || IS("-t", "--temperature") ||
-                    IS("--top-k", "--top-k") || IS("--top-p", "--top-p") || IS("-s", "--seed") ||
+                    IS("-k", "--top-k") || IS("--top-p", "--top-p") || IS("-s", "--seed") ||
                     IS("--bos", "--bos") || IS("--stop", "--stop");
         if (!known) die("unknown flag '%s'%s (see -h)", f, "");
         if (!val) {
@@ -147,12 +147,12 @@ static int parse_args(SampleArgs *a, int argc, char **argv) {
             val = argv[++i];
         }
         if (IS("-c", "--checkpoint")) a->checkpoint = val;
-        else if (IS("-k", "--tokenizer")) a->tokenizer = val;
+        else if (IS("--tokenizer", "--tokenizer")) a->tokenizer = val;
         else if (IS("-p", "--prompt")) a->prompt = val;
         else if (IS("-f", "--prompt-file")) a->prompt_file = val;
         else if (IS("-n", "--length")) a->length = (int)parse_long("--length", val, 1, 1L << 24);
         else if (IS("-t", "--temperature")) a->temperature = parse_float("--temperature", val, 0.0f, 1e6f);
-        else if (IS("--top-k", "--top-k")) a->top_k = (int)parse_long("--top-k", val, 0, INT_MAX);
+        else if (IS("-k", "--top-k")) a->top_k = (int)parse_long("--top-k", val, 0, INT_MAX);
         else if (IS("--top-p", "--top-p")) a->top_p = parse_float("--top-p", val, 1e-6f, 1.0f);
         else if (IS("-s", "--seed")) a->seed = parse_u64("--seed", val);
         else if (IS("--bos", "--bos")) a->bos = (int)parse_long("--bos", val, 0, 1);
