@@ -57,6 +57,11 @@ a=$(printf '<|end_of_text|>' | "$BPE" encode -S -t "$work/t.json")
 b=$(printf '<|end_of_text|>' | "$BPE" encode -t "$work/t.json")
 [ "$a" = "598" ] && [ "$(echo "$b" | wc -w)" -gt 1 ]
 check tokenizer_cli_special_flag $? "with -S '$a', without '$b'"
+printf 'ab' > "$work/f1.txt"; printf 'hello world' > "$work/f2.txt"
+two=$("$BPE" encode -t "$work/t.json" "$work/f1.txt" "$work/f2.txt")
+[ "$(echo "$two" | wc -l)" -eq 2 ] && [ "$(echo "$two" | head -1)" = "$("$BPE" encode -t "$work/t.json" "$work/f1.txt")" ] &&
+  [ "$(echo "$two" | tail -1)" = "$("$BPE" encode -t "$work/t.json" "$work/f2.txt")" ]
+check tokenizer_cli_encode_several_files $? "got '$two'"
 out=$("$BPE" stats -t "$work/t.json" "$work/in.txt"); rc=$?
 [ $rc -eq 0 ] && [[ "$out" == *"round trip exact"* ]] && [[ "$out" == *"vocab size:  600"* ]] && [[ "$out" == *"bos/eos/pad: 597 598 599"* ]]
 check tokenizer_cli_stats $? "rc=$rc: $out"

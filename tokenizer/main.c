@@ -24,12 +24,12 @@ static void usage(FILE *f) {
             "          -m N        minimum pair count for a merge (default 2)\n"
             "          -q          quiet (no progress lines)\n"
             "          FILE...     training text (each file is one document; '-' = stdin)\n"
-            "  encode  encode a file, print ids separated by spaces\n"
+            "  encode  encode files, print ids separated by spaces, one line per file\n"
             "          -t PATH     tokenizer.json (required)\n"
             "          -S          recognise special tokens written in the text (default off: they are\n"
             "                      plain text; non-special added tokens are always recognised, as in HF)\n"
             "          -o PATH     output file (default stdout)\n"
-            "          FILE        input (default '-' = stdin)\n"
+            "          FILE...     inputs (default '-' = stdin)\n"
             "  decode  decode ids (whitespace separated) to the exact bytes\n"
             "          -t PATH     tokenizer.json (required)\n"
             "          -k          skip special tokens (default off)\n"
@@ -178,33 +178,38 @@ static int cmd_train(int argc, char **argv) {
 }
 
 static int cmd_encode(int argc, char **argv) {
-    const char *tpath = NULL, *out = NULL, *in = "-";
-    int flags = 0, n_pos = 0;
+    const char *tpath = NULL, *out = NULL;
+    const char **files = mallocCheck((size_t)(argc + 1) * sizeof(char *));
+    int flags = 0, n_files = 0;
     for (int i = 0; i < argc; i++) {
         if (strcmp(argv[i], "-t") == 0) tpath = flag_value(argc, argv, &i);
         else if (strcmp(argv[i], "-o") == 0) out = flag_value(argc, argv, &i);
         else if (strcmp(argv[i], "-S") == 0) flags |= TOK_ENCODE_SPECIAL;
         else if (strcmp(argv[i], "-h") == 0) { usage(stdout); exit(0); }
         else if (argv[i][0] == '-' && argv[i][1]) unknown_flag(argv[i]);
-        else { in = argv[i]; n_pos++; }
+        else files[n_files++] = argv[i];
     }
-    if (n_pos > 1) die("encode: give at most one input file");
+    if (n_files == 0) files[n_files++] = "-";
     Tokenizer *tok = load_or_die(tpath);
-    size_t n;
-    char *data = read_input(in, &n);
-    TokIds ids = {0};
-    MoeErr err;
-    if (tokenizer_encode(tok, data, n, flags, &ids, &err) != 0) die(err.msg);
     FILE *f = open_out(out);
-    for (size_t i = 0; i < ids.n; i++) fprintf(f, i ? " %d" : "%d", (int)ids.ids[i]);
-    fprintf(f, "\n");
+    TokIds ids = {0};
+    for (int k = 0; k < n_files; k++) {  // one line of ids per input
+        size_t n;
+        char *data = read_input(files[k], &n);
+        MoeErr err;
+        ids.n = 0;
+        if (tokenizer_encode(tok, data, n, flags, &ids, &err) != 0) die(err.msg);
+        for (size_t i = 0; i < ids.n; i++) fprintf(f, i ? " %d" : "%d", (int)ids.ids[i]);
+        fprintf(f, "\n");
+        free(data);
+    }
     close_out(f, out);
     if (tokenizer_invalid_utf8(tok))
         fprintf(stderr, "tokenizer: note: %lld invalid UTF-8 sequences in the input (encoded as raw bytes)\n",
                 (long long)tokenizer_invalid_utf8(tok));
     tok_ids_free(&ids);
-    free(data);
     tokenizer_free(tok);
+    free(files);
     return 0;
 }
 

@@ -107,15 +107,19 @@ class Checker:
             print(f"FAIL {name}: {why}")
         sys.stdout.flush()
 
-    def ours(self, tok_json, text, special=True):
-        path = os.path.join(self.work, "text.txt")
-        with open(path, "wb") as f:
-            f.write(text.encode("utf-8"))
-        r = subprocess.run([self.bpe, "encode"] + (["-S"] if special else []) + ["-t", tok_json, path],
+    def ours(self, tok_json, texts, special=True):
+        """ids of every text, one `tokenizer encode` run for all of them"""
+        paths = []
+        for i, text in enumerate(texts):
+            paths.append(os.path.join(self.work, f"text{i}.txt"))
+            with open(paths[-1], "wb") as f:
+                f.write(text.encode("utf-8"))
+        r = subprocess.run([self.bpe, "encode"] + (["-S"] if special else []) + ["-t", tok_json] + paths,
                            capture_output=True)
         if r.returncode != 0:
             raise RuntimeError(r.stderr.decode(errors="replace").strip())
-        return [int(x) for x in r.stdout.split()]
+        lines = r.stdout.decode().split("\n")
+        return [[int(x) for x in lines[i].split()] for i in range(len(texts))]
 
     def compare(self, name, tok_json, texts, special=True):
         """special=False: ours without -S against HF with encode_special_tokens=True."""
@@ -126,13 +130,13 @@ class Checker:
             self.report(name, False, f"HF cannot load {tok_json}: {e}")
             return
         bad = []
-        for dom, text in texts.items():
+        try:
+            ours = self.ours(tok_json, list(texts.values()), special)
+        except RuntimeError as e:
+            self.report(name, False, f"ours failed: {e}")
+            return
+        for (dom, text), got in zip(texts.items(), ours):
             want = hf.encode(text, add_special_tokens=False).ids
-            try:
-                got = self.ours(tok_json, text, special)
-            except RuntimeError as e:
-                bad.append(f"{dom}: ours failed: {e}")
-                continue
             if got != want:
                 i = next((k for k in range(min(len(got), len(want))) if got[k] != want[k]), min(len(got), len(want)))
                 ctx = hf.decode(want[max(0, i - 3):i + 3])
