@@ -905,12 +905,12 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
     fclose(ftrain);
     fclose(frout);
     fclose(fevents);
-    if (report_write(run_dir, &err) != 0) fprintf(stderr, "warning: report: %s\n", err.msg);
-    else printf("report: %s/report.html\n", run_dir);
-    if (step >= o->max_steps && rc == 0) {
+    if (step >= o->max_steps && rc == 0) {  // before the last report, so that its page stops reloading
         snprintf(path, sizeof path, "%s/FINISHED", run_dir);
         write_file_atomic(path, "", 0, &err);
     }
+    if (report_write(run_dir, &err) != 0) fprintf(stderr, "warning: report: %s\n", err.msg);
+    else printf("report: %s/report.html\n", run_dir);
     if (t_report > 0) printf("time spent refreshing reports: %.1f s\n", t_report);
     if (rc == 0 && step < o->max_steps)
         printf("to continue: ./build/train --resume %s   (or: make train RESUME=1 NAME=%s)\n", o->name, o->name);
