@@ -67,7 +67,8 @@ void gen_free(Generator *g);
 void gen_reset(Generator *g);
 // Feed one token at position g->len: appends its c_kv and k_pe to the cache and returns
 // the logits (V) predicting the next token in *logits (owned by g, valid until the next
-// step). -1 with err when the token is outside the vocabulary or the cache is full.
+// step). -1 with err when the token is outside the vocabulary, the cache is full, or a logit
+// is NaN/inf (diverged or corrupt weights; the token stays in the cache).
 int gen_step(Generator *g, int token, const float **logits, MoeErr *err);
 // Feed n >= 1 tokens one by one; *logits (may be NULL) are those after the last one.
 int gen_prefill(Generator *g, const int *tokens, int n, const float **logits, MoeErr *err);
@@ -83,7 +84,9 @@ typedef struct {
 
 // The distribution that sampling draws from: probs (V) = softmax(logits / temperature)
 // restricted to the top-k, then to the top-p nucleus, renormalised; zero elsewhere.
-// idx (V) is scratch. Returns the number of tokens kept. temperature 0 keeps the argmax only.
+// idx (V) is scratch; on return idx[0..kept) are the kept ids, most likely first (ties: lower
+// id first). Returns the number kept. temperature 0 keeps the argmax only. NaN logits rank
+// last; when no logit is finite the top-ranked token gets all the mass.
 int sample_distribution(const float *logits, int V, const SampleOpts *o, float *probs, int *idx);
 // Draw a token (deterministic for a given rng state); advances *rng by one draw when
 // temperature > 0, not at all when greedy.

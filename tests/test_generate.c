@@ -155,7 +155,7 @@ static void check_greedy_matches_full(void) {
 }
 
 static void check_errors(void) {
-    test_begin("generate errors: bad token, full cache, bad cache length");
+    test_begin("generate errors: bad token, full cache, bad cache length, NaN weights");
     ModelConfig cfg;
     config_tiny(&cfg);
     Model m;
@@ -181,6 +181,24 @@ static void check_errors(void) {
     SampleOpts o = {1.0f, 0, 1.0f};
     int big[4] = {1, 2, 3, 4};
     CHECK(gen_generate(&g, big, 4, 2, &o, 1, out, NULL, NULL, &err) < 0, "prompt longer than the cache accepted");
+    // a diverged model: NaN weights give a clear error, not garbage tokens
+    gen_reset(&g);
+    m.p.lm_head[5] = NAN;
+    CHECK(gen_step(&g, 1, &lg, &err) != 0 && strstr(err.msg, "non-finite"), "NaN logits not reported: %s", err.msg);
+    // the sampler never crashes on NaN / inf logits
+    float bad[6] = {NAN, 1.0f, NAN, 3.0f, -INFINITY, 2.0f}, pr[6];
+    int ix[6];
+    uint64_t rng = 5;
+    SampleOpts so = {1.0f, 0, 0.9f};
+    for (int i = 0; i < 50; i++) {
+        int t = sample_token(bad, 6, &so, &rng, pr, ix);
+        CHECK(t == 1 || t == 3 || t == 5, "sampled token %d has a NaN or -inf logit", t);
+    }
+    SampleOpts greedy = {0.0f, 0, 1.0f};
+    CHECK(sample_token(bad, 6, &greedy, &rng, pr, ix) == 3, "greedy with NaNs");
+    float all_nan[3] = {NAN, NAN, NAN};
+    int t = sample_token(all_nan, 3, &so, &rng, pr, ix);
+    CHECK(t >= 0 && t < 3, "all-NaN logits gave token %d", t);
     gen_free(&g);
     model_free(&m);
     test_end();

@@ -253,6 +253,10 @@ int gen_step(Generator *g, int token, const float **logits, MoeErr *err) {
     rmsnorm_vec(g->ln, g->x, m->p.final_norm, C, c->norm_eps);
     matvec(g->logits, m->p.lm_head, g->ln, V, C);
     g->len = pos + 1;
+    for (int v = 0; v < V; v++)
+        if (!isfinite(g->logits[v]))
+            return moe_err_set(err, "generate: the model produced a non-finite logit (%g for token %d at position %d): "
+                                    "are its weights corrupt or diverged?", g->logits[v], v, pos);
     if (logits) *logits = g->logits;
     return 0;
 }
@@ -267,16 +271,22 @@ int gen_prefill(Generator *g, const int *tokens, int n, const float **logits, Mo
 // ---------------------------------------------------------------------------------------
 // sampling
 
+// the sort key of a logit: NaN ranks last (as -inf), so that the order is total
+static inline float key(float x) { return x != x ? -INFINITY : x; }
+
 static int by_logit_desc(const void *a, const void *b, void *ctx) {
     const float *lg = (const float *)ctx;
     int i = *(const int *)a, j = *(const int *)b;
-    if (lg[i] > lg[j]) return -1;
-    if (lg[i] < lg[j]) return 1;
+    if (key(lg[i]) > key(lg[j])) return -1;
+    if (key(lg[i]) < key(lg[j])) return 1;
     return (i > j) - (i < j);  // ties: lower id first
 }
 
 // is token i ranked after token j (smaller logit, or equal logit and larger id)?
-static int ranks_after(const float *lg, int i, int j) { return lg[i] < lg[j] || (lg[i] == lg[j] && i > j); }
+static int ranks_after(const float *lg, int i, int j) {
+    float a = key(lg[i]), b = key(lg[j]);
+    return a < b || (a == b && i > j);
+}
 
 static void heap_sift_down(const float *lg, int *h, int k, int at) {
     for (;;) {
@@ -305,7 +315,7 @@ static void top_k_select(const float *lg, int V, int k, int *out) {
 static int argmax(const float *v, int n) {
     int best = 0;
     for (int i = 1; i < n; i++)
-        if (v[i] > v[best]) best = i;
+        if (key(v[i]) > key(v[best])) best = i;
     return best;
 }
 
@@ -324,9 +334,13 @@ int sample_distribution(const float *logits, int V, const SampleOpts *o, float *
     }
     qsort_r(idx, (size_t)kept, sizeof(int), by_logit_desc, (void *)logits);
     // softmax over the kept tokens (sorted: idx[0] has the largest logit)
-    float mx = logits[idx[0]], inv_t = 1.0f / o->temperature;
+    float mx = key(logits[idx[0]]), inv_t = 1.0f / o->temperature;
+    if (!isfinite(mx)) {  // no usable distribution (all NaN / -inf, or +inf): the top token
+        probs[idx[0]] = 1.0f;
+        return 1;
+    }
     double sum = 0.0;
-    for (int r = 0; r < kept; r++) sum += (probs[idx[r]] = expf((logits[idx[r]] - mx) * inv_t));
+    for (int r = 0; r < kept; r++) sum += (probs[idx[r]] = expf((key(logits[idx[r]]) - mx) * inv_t));
     for (int r = 0; r < kept; r++) probs[idx[r]] = (float)(probs[idx[r]] / sum);
     // nucleus: the smallest prefix with mass >= top_p
     if (o->top_p > 0.0f && o->top_p < 1.0f) {
@@ -351,11 +365,14 @@ int sample_token(const float *logits, int V, const SampleOpts *o, uint64_t *rng,
     int kept = sample_distribution(logits, V, o, probs, idx);
     float u = rng_uniform(rng);
     double cum = 0.0;
+    int last = idx[0];
     for (int r = 0; r < kept; r++) {
+        if (probs[idx[r]] <= 0.0f) continue;
         cum += probs[idx[r]];
+        last = idx[r];
         if (u < cum) return idx[r];
     }
-    return idx[kept - 1];  // rounding: u above the summed mass
+    return last;  // rounding: u above the summed mass
 }
 
 int gen_sample(Generator *g, const float *logits, const SampleOpts *o, uint64_t *rng) {
