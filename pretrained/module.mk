@@ -45,3 +45,7 @@ PROGRAMS += export
 export_SRCS := pretrained/export_main.c
 export_MODS := pretrained ckpt data model tokenizer common
 SHELL_TESTS += tests/test_collect_hf.sh
+
+PROGRAMS += bench_nf4
+bench_nf4_SRCS := pretrained/bench_nf4.c
+bench_nf4_MODS := pretrained common

@@ -4,7 +4,7 @@
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <omp.h>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -64,20 +64,6 @@ int nf4_nearest(const float *code, int n, float v) {
     return lo;
 }
 
-// NF4 codes by thresholds (midpoints of the code book), branch-free count
-static inline int nf4_quant_one(float v, const float *mid) {
-    int q = 0;
-    for (int k = 0; k < 15; k++) q += v > mid[k];
-    return q;
-}
-
-static inline float load_as_f32(const uint8_t *p, int dtype, int64_t i) {
-    switch (dtype) {
-    case ST_BF16: return bf16_to_f32((uint16_t)(p[2 * i] | (p[2 * i + 1] << 8)));
-    case ST_F16: return f16_to_f32((uint16_t)(p[2 * i] | (p[2 * i + 1] << 8)));
-    default: { float f; memcpy(&f, p + 4 * i, 4); return f; }
-    }
-}
 
 void nf4_free(Nf4Tensor *t) {
     if (t->owned) {
@@ -136,25 +122,48 @@ int nf4_quantize_raw(Nf4Tensor *t, const void *src, int src_dtype, int64_t rows,
     for (int k = 0; k < 15; k++) mid[k] = (nf4_code[k] + nf4_code[k + 1]) / 2.0f;
     const uint8_t *p = (const uint8_t *)src;
     const int64_t full_blocks = t->n / blocksize;
-#pragma omp parallel for schedule(static) if(t->n > 65536)
-    for (int64_t b = 0; b < t->n_blocks; b++) {
-        int64_t i0 = b * blocksize, i1 = i0 + blocksize;
-        if (i1 > t->n) i1 = t->n;
-        float am = 0;
-        for (int64_t i = i0; i < i1; i++) am = fmaxf(am, fabsf(load_as_f32(p, src_dtype, i)));
-        absmax[b] = am;
-        float amc = am < 1e-38f ? 1e-38f : am;
-        float inv = 1.0f / amc;
-        for (int64_t i = i0; i < i1; i++) {
-            float x = load_as_f32(p, src_dtype, i);
-            float v = b < full_blocks ? x * inv : x / amc;  // as bitsandbytes' default backend
-            v = v < -1 ? -1 : v > 1 ? 1 : v;
-            if (isnan(v)) v = 0;
-            int q = nf4_quant_one(v, mid);
+#pragma omp parallel if(t->n > 65536)
+    {
+        float *v = (float *)malloc((size_t)blocksize * sizeof(float));
+        uint8_t *qb = (uint8_t *)malloc((size_t)blocksize);
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < t->n_blocks; b++) {
+            if (!v || !qb) continue;
+            int64_t i0 = b * blocksize, i1 = i0 + blocksize;
+            if (i1 > t->n) i1 = t->n;
+            int m = (int)(i1 - i0);
+            // the block as fp32 (one pass over the source), its absmax
+            if (src_dtype == ST_F32) memcpy(v, p + 4 * i0, (size_t)m * 4);
+            else if (src_dtype == ST_BF16)
+                for (int j = 0; j < m; j++) v[j] = bf16_to_f32((uint16_t)(p[2 * (i0 + j)] | (p[2 * (i0 + j) + 1] << 8)));
+            else
+                for (int j = 0; j < m; j++) v[j] = f16_to_f32((uint16_t)(p[2 * (i0 + j)] | (p[2 * (i0 + j) + 1] << 8)));
+            float am = 0;
+            for (int j = 0; j < m; j++) am = fmaxf(am, fabsf(v[j]));
+            absmax[b] = am;
+            float amc = am < 1e-38f ? 1e-38f : am;
+            float inv = 1.0f / amc;
+            if (b < full_blocks)  // as bitsandbytes' default backend: x * (1/absmax), x / absmax for the tail
+                for (int j = 0; j < m; j++) v[j] *= inv;
+            else
+                for (int j = 0; j < m; j++) v[j] /= amc;
+            for (int j = 0; j < m; j++) {
+                float x = v[j] < -1 ? -1 : v[j] > 1 ? 1 : v[j];
+                v[j] = isnan(x) ? 0.0f : x;
+                qb[j] = 0;
+            }
+            // code = number of midpoints below the value (vectorizes over the block)
+            for (int k = 0; k < 15; k++)
+                for (int j = 0; j < m; j++) qb[j] += v[j] > mid[k];
             // blocksize is even, so a byte never straddles two blocks (no race)
-            if (i & 1) t->q[i >> 1] |= (uint8_t)q;
-            else t->q[i >> 1] |= (uint8_t)(q << 4);
+            for (int j = 0; j < m; j++) {
+                int64_t i = i0 + j;
+                if (i & 1) t->q[i >> 1] |= qb[j];
+                else t->q[i >> 1] |= (uint8_t)(qb[j] << 4);
+            }
         }
+        free(v);
+        free(qb);
     }
     if (t->n & 1) t->q[t->n >> 1] |= 7;  // the padding code, as bitsandbytes pads with 0.0 (code 7)
     if (!double_quant) {
@@ -453,6 +462,39 @@ static void fused_row(const Nf4Tensor *W, int64_t r, const float *xs, int nt, in
         for (int i = 0; i < nt; i++) a[i] = _mm512_fmadd_ps(s[i], am, a[i]);
     }
     for (int i = 0; i < nt; i++) acc[i] = _mm512_reduce_add_ps(a[i]);
+#elif defined(__AVX2__) && defined(__FMA__)
+    // 16-entry lookup = two 8-entry permutes and a blend on bit 3 of the code
+    const __m256 cb_lo = _mm256_loadu_ps(W->code), cb_hi = _mm256_loadu_ps(W->code + 8);
+    const __m256i m15 = _mm256_set1_epi32(15), m7 = _mm256_set1_epi32(7);
+    __m256 a[NF4_NT];
+    for (int i = 0; i < NF4_NT; i++) a[i] = _mm256_setzero_ps();
+    for (int64_t c = 0; c < cols; c += bs) {
+        __m256 s[NF4_NT];
+        for (int i = 0; i < NF4_NT; i++) s[i] = _mm256_setzero_ps();
+        for (int64_t k = 0; k < bs; k += 32) {
+            for (int h = 0; h < 2; h++) {  // bytes h*8 .. h*8+7 of this group of 16
+                __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + (c + k) / 2 + 8 * h)));
+                __m256i ih = _mm256_srli_epi32(v, 4), il = _mm256_and_si256(v, m15);
+                __m256 whi = _mm256_blendv_ps(_mm256_permutevar8x32_ps(cb_lo, ih), _mm256_permutevar8x32_ps(cb_hi, ih),
+                                              _mm256_castsi256_ps(_mm256_cmpgt_epi32(ih, m7)));
+                __m256 wlo = _mm256_blendv_ps(_mm256_permutevar8x32_ps(cb_lo, il), _mm256_permutevar8x32_ps(cb_hi, il),
+                                              _mm256_castsi256_ps(_mm256_cmpgt_epi32(il, m7)));
+                for (int i = 0; i < nt; i++) {
+                    const float *xi = xs + (int64_t)i * cols + c + k + 8 * h;
+                    s[i] = _mm256_fmadd_ps(whi, _mm256_loadu_ps(xi), s[i]);
+                    s[i] = _mm256_fmadd_ps(wlo, _mm256_loadu_ps(xi + 16), s[i]);
+                }
+            }
+        }
+        __m256 am = _mm256_set1_ps(nf4_absmax(W, b0 + c / bs));
+        for (int i = 0; i < nt; i++) a[i] = _mm256_fmadd_ps(s[i], am, a[i]);
+    }
+    for (int i = 0; i < nt; i++) {
+        __m128 r = _mm_add_ps(_mm256_castps256_ps128(a[i]), _mm256_extractf128_ps(a[i], 1));
+        r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+        r = _mm_add_ss(r, _mm_movehdup_ps(r));
+        acc[i] = _mm_cvtss_f32(r);
+    }
 #else
     float a[NF4_NT][16];
     memset(a, 0, sizeof(a));

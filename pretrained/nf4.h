@@ -85,7 +85,7 @@ int64_t nf4_bytes(const Nf4Tensor *t);
 int64_t nf4_planned_bytes(int64_t n, int blocksize, int double_quant);
 
 // y (n_tok, rows) = x (n_tok, cols) W^T (+ bias (rows) when not NULL). OpenMP over output
-// rows; AVX-512 decode (16-entry permute) when built with it; dequantize-to-tile + GEMM for
+// rows; AVX-512 (16-entry permute) or AVX2 (two permutes + blend) decode; dequantize-to-tile + GEMM for
 // large n_tok. Thread-safe, allocates its scratch.
 void nf4_matmul(const Nf4Tensor *W, const float *x, int64_t n_tok, float *y, const float *bias);
 // the two kernels behind nf4_matmul (exposed for tests and the benchmark)
