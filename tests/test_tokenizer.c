@@ -598,6 +598,34 @@ static void test_bad_files(void) {
     test_end();
 }
 
+static void test_tokenizer_config(void) {
+    test_begin("tokenizer_config_json_special_ids");
+    char dir[512], path[600], cfg[600];
+    snprintf(dir, sizeof(dir), "%s/withcfg", g_dir);
+    MoeErr err;
+    make_dirs(dir, &err);
+    snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
+    snprintf(cfg, sizeof(cfg), "%s/tokenizer_config.json", dir);
+    const char *json =
+        "{\"added_tokens\":[{\"id\":2,\"content\":\"<|endoftext|>\",\"special\":true},"
+        "{\"id\":3,\"content\":\"<|im_end|>\",\"special\":true}],"
+        "\"pre_tokenizer\":{\"type\":\"ByteLevel\"},\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1},\"merges\":[]}}";
+    write_text(path, json);
+    Tokenizer *tok = tokenizer_load(path, &err);
+    CHECK(tok && tokenizer_bos_id(tok) == 2 && tokenizer_eos_id(tok) == 2, "guessed from names");
+    tokenizer_free(tok);
+    write_text(cfg, "{\"bos_token\": null, \"eos_token\": {\"content\": \"<|im_end|>\"}, \"pad_token\": \"<|endoftext|>\"}");
+    tok = tokenizer_load(path, &err);
+    CHECK(tok && tokenizer_bos_id(tok) == -1 && tokenizer_eos_id(tok) == 3 && tokenizer_pad_id(tok) == 2,
+          "from tokenizer_config.json");
+    tokenizer_free(tok);
+    write_text(cfg, "{not json");
+    tok = tokenizer_load(path, &err);
+    CHECK(tok == NULL && strstr(err.msg, "tokenizer_config.json"), "bad tokenizer_config.json named: %s", err.msg);
+    tokenizer_free(tok);
+    test_end();
+}
+
 static void test_split_behaviors(void) {
     test_begin("tokenizer_split_behaviors");
     // Split on "-" with each behaviour, then ByteLevel(use_regex=false); check pieces
@@ -780,6 +808,7 @@ int main(void) {
     test_special();
     test_save_load();
     test_bad_files();
+    test_tokenizer_config();
     test_split_behaviors();
     test_train_deterministic();
     test_deepseek_specials();

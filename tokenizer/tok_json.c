@@ -429,6 +429,43 @@ fail:
     return NULL;
 }
 
+// HF keeps bos/eos/pad in tokenizer_config.json beside tokenizer.json: when that file exists,
+// its bos_token / eos_token / pad_token (a string, {"content": ...} or null) override the ids
+// guessed from the added tokens' names.
+static int apply_tokenizer_config(Tokenizer *tok, const char *path, MoeErr *err) {
+    char cfg[4096];
+    const char *slash = strrchr(path, '/');
+    int dl = slash ? (int)(slash - path) : 0;
+    if (snprintf(cfg, sizeof(cfg), "%.*s%stokenizer_config.json", dl, path, slash ? "/" : "") >= (int)sizeof(cfg))
+        return 0;
+    if (!file_exists(cfg)) return 0;
+    char *data = NULL;
+    size_t n = 0;
+    if (read_file_all(cfg, &data, &n, err) != 0) return -1;
+    cJSON *root = cJSON_ParseWithLength(data, n);
+    free(data);
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return moe_err_set(err, "%s: not a JSON object (read for bos/eos/pad beside %s)", cfg, path);
+    }
+    const char *keys[3] = {"bos_token", "eos_token", "pad_token"};
+    int *ids[3] = {&tok->bos_id, &tok->eos_id, &tok->pad_id};
+    for (int k = 0; k < 3; k++) {
+        const cJSON *it = jget(root, keys[k]);
+        if (!it) continue;
+        if (cJSON_IsNull(it)) {
+            *ids[k] = -1;
+            continue;
+        }
+        if (cJSON_IsObject(it)) it = jget(it, "content");
+        if (!cJSON_IsString(it)) continue;
+        int32_t id = tokenizer_token_id(tok, it->valuestring, strlen(it->valuestring));
+        if (id >= 0) *ids[k] = id;
+    }
+    cJSON_Delete(root);
+    return 0;
+}
+
 Tokenizer *tokenizer_load(const char *path, MoeErr *err) {
     char *data = NULL;
     size_t n = 0;
@@ -440,6 +477,10 @@ Tokenizer *tokenizer_load(const char *path, MoeErr *err) {
     }
     Tokenizer *tok = tokenizer_load_json(data, n, path, err);
     free(data);
+    if (tok && apply_tokenizer_config(tok, path, err) != 0) {
+        tokenizer_free(tok);
+        return NULL;
+    }
     return tok;
 }
 

@@ -50,6 +50,8 @@ extern const char *const TOK_PATTERN_QWEN;
 // Load / save
 
 // Load an HF tokenizer.json. Returns NULL and fills err (naming the file and field) on error.
+// bos/eos/pad: from tokenizer_config.json in the same folder when it exists (as HF), else
+// guessed from the added tokens' names (<|begin_of_text|>, <s>, DeepSeek's, ...).
 Tokenizer *tokenizer_load(const char *path, MoeErr *err);
 // The same from a JSON text in memory; `name` is used in error messages.
 Tokenizer *tokenizer_load_json(const char *json, size_t n, const char *name, MoeErr *err);
