@@ -4,6 +4,8 @@
 // experts on/off, each balancing loss, capacity dropping, MTP.
 // Samples whose perturbation changes any routing decision (top-K is piecewise constant)
 // are skipped, so the comparison is between smooth functions.
+#include <omp.h>
+
 #include "../model/model.h"
 #include "test.h"
 
@@ -92,6 +94,9 @@ static void check_config(const char *name, const ModelConfig *cfg, int samples_p
 }
 
 int main(void) {
+    // thousands of tiny forwards: one thread avoids paying OpenMP fork/join per layer call
+    // (the threaded paths are exercised by the training tests)
+    omp_set_num_threads(1);
     ModelConfig c;
     config_tiny(&c);
     c.balance = BALANCE_BIAS;
