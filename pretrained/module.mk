@@ -49,3 +49,4 @@ SHELL_TESTS += tests/test_collect_hf.sh
 PROGRAMS += bench_nf4
 bench_nf4_SRCS := pretrained/bench_nf4.c
 bench_nf4_MODS := pretrained common
+SHELL_TESTS += tests/test_collect_export.sh
