@@ -264,7 +264,9 @@ void axes_series(const Axes *ax, const double *x, const double *y, int n, Rgb c,
     }
     for (int i = 0; i < n; i++) {
         if (!isfinite(x[i]) || !y_ok(ax, y[i])) continue;
-        int col = (int)floor(axes_px_x(ax, x[i])) - ax->x0;
+        double pxv = axes_px_x(ax, x[i]);
+        if (!(pxv > -1e9 && pxv < 1e9)) continue;
+        int col = (int)floor(pxv) - ax->x0;
         if (col < 0 || col >= W) continue;
         double v = ax->ylog ? log10(y[i]) : y[i];
         if (v < lo[col]) lo[col] = v;

@@ -13,6 +13,10 @@ void runlog_note(RunLog *r, const char *fmt, ...) {
     va_end(ap);
 }
 
+// integers we cast from JSON numbers must fit (a float -> int overflow is undefined behaviour)
+static int fits_int(double v) { return isfinite(v) && v > -2e9 && v < 2e9; }
+static int fits_step(double v) { return isfinite(v) && fabs(v) < 1e15; }
+
 double json_num(const cJSON *obj, const char *key) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
     if (!cJSON_IsNumber(v)) return NAN;
@@ -75,7 +79,7 @@ static void train_line(cJSON *o, void *vctx) {
     TrainCtx *c = vctx;
     TrainLog *t = c->t;
     double step = json_num(o, "step");
-    if (!isfinite(step)) return;
+    if (!fits_step(step)) return;
     double vl = json_num(o, "val_loss");
     int has_loss = cJSON_GetObjectItemCaseSensitive(o, "loss") || cJSON_GetObjectItemCaseSensitive(o, "ce");
     if (cJSON_GetObjectItemCaseSensitive(o, "val_loss") && !has_loss) {
@@ -131,7 +135,7 @@ static int routing_setup(RoutingLog *g, const cJSON *layers) {
     if (!g->layer) return -1;
     for (int li = 0; li < L; li++) {
         double id = json_num(cJSON_GetArrayItem(layers, li), "layer");
-        g->layer[li] = isfinite(id) ? (int)id : li;
+        g->layer[li] = fits_int(id) ? (int)id : li;
     }
     g->L = L;
     g->E = E;
@@ -151,7 +155,7 @@ static void routing_line(cJSON *o, void *vctx) {
     RoutingLog *g = &c->r->routing;
     double step = json_num(o, "step");
     const cJSON *layers = cJSON_GetObjectItemCaseSensitive(o, "layers");
-    if (!isfinite(step) || !cJSON_IsArray(layers)) {
+    if (!fits_step(step) || !cJSON_IsArray(layers)) {
         c->bad_layers++;
         return;
     }
@@ -199,7 +203,7 @@ static void routing_line(cJSON *o, void *vctx) {
     int pos = 0;
     cJSON_ArrayForEach(lo, layers) {
         double id = json_num(lo, "layer");
-        int li = isfinite(id) ? runlog_layer_index(c->r, (int)id) : pos;
+        int li = fits_int(id) ? runlog_layer_index(c->r, (int)id) : (isfinite(id) ? -1 : pos);
         pos++;
         if (li < 0) {
             c->bad_layers++;
@@ -233,8 +237,9 @@ static void routing_line(cJSON *o, void *vctx) {
         if (li == 0 && c->k_votes < 8 && isfinite(g->tokens[t]) && g->tokens[t] > 0) {
             double s = 0;
             for (int e = 0; e < E; e++) s += g->load[base + e];
-            if (isfinite(s) && s > 0) {
-                c->k_sum += (int)lrint(s / g->tokens[t]);
+            double kk = s / g->tokens[t];
+            if (isfinite(kk) && kk >= 0.5 && kk <= 4096) {
+                c->k_sum += (int)lrint(kk);
                 c->k_votes++;
             }
         }
@@ -261,7 +266,7 @@ static void event_line(cJSON *o, void *vctx) {
     RunLog *r = c->r;
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(o, "type");
     double step = json_num(o, "step"), layer = json_num(o, "layer");
-    if (!cJSON_IsString(type) || !isfinite(step) || !isfinite(layer)) return;
+    if (!cJSON_IsString(type) || !fits_step(step) || !fits_int(layer)) return;
     int kind = strcmp(type->valuestring, "collapse") == 0 ? COLLAPSE_EVENT_COLLAPSE
                : strcmp(type->valuestring, "recovered") == 0 ? COLLAPSE_EVENT_RECOVERED
                                                                 : 0;
@@ -273,9 +278,9 @@ static void event_line(cJSON *o, void *vctx) {
     double ex = json_num(o, "expert"), since = json_num(o, "since");
     r->events[r->n_events++] = (CollapseEvent){kind,
                                                (long)step,
-                                               isfinite(since) ? (long)since : (long)step,
+                                               fits_step(since) ? (long)since : (long)step,
                                                (int)layer,
-                                               isfinite(ex) ? (int)ex : -1,
+                                               fits_int(ex) ? (int)ex : -1,
                                                (float)json_num(o, "share"),
                                                (float)json_num(o, "entropy")};
 }
@@ -346,7 +351,7 @@ static void coact_from_json(RunLog *r, const cJSON *o) {
     int e = (int)E, nw = cJSON_IsArray(within) ? cJSON_GetArraySize(within) : 0;
     int na = cJSON_IsArray(across) ? cJSON_GetArraySize(across) : 0;
     c->E = e;
-    c->step = isfinite(step) ? (int)step : 0;
+    c->step = fits_int(step) ? (int)step : 0;
     c->tokens = json_num(o, "tokens");
     c->within_layer = malloc(sizeof(int) * (size_t)(nw + 1));
     c->within = malloc(sizeof(float) * (size_t)(nw + 1) * e * e);
@@ -358,7 +363,7 @@ static void coact_from_json(RunLog *r, const cJSON *o) {
     const cJSON *it;
     cJSON_ArrayForEach(it, within) {
         double l = json_num(it, "layer");
-        if (!isfinite(l) ||
+        if (!fits_int(l) ||
             read_matrix(cJSON_GetObjectItemCaseSensitive(it, "counts"), e, e, c->within + (size_t)c->n_within * e * e)) {
             bad++;
             continue;
@@ -367,7 +372,7 @@ static void coact_from_json(RunLog *r, const cJSON *o) {
     }
     cJSON_ArrayForEach(it, across) {
         double l = json_num(it, "layer"), nx = json_num(it, "next");
-        if (!isfinite(l) || !isfinite(nx) ||
+        if (!fits_int(l) || !fits_int(nx) ||
             read_matrix(cJSON_GetObjectItemCaseSensitive(it, "counts"), e, e, c->across + (size_t)c->n_across * e * e)) {
             bad++;
             continue;
@@ -393,7 +398,7 @@ static void domains_from_json(RunLog *r, const cJSON *o) {
     int e = (int)E, nl = cJSON_GetArraySize(layers);
     d->D = D;
     d->E = e;
-    d->step = isfinite(step) ? (int)step : 0;
+    d->step = fits_int(step) ? (int)step : 0;
     d->names = calloc((size_t)D, sizeof(char *));
     d->dtokens = malloc(sizeof(double) * (size_t)D);
     d->layer = malloc(sizeof(int) * (size_t)(nl + 1));
@@ -411,7 +416,7 @@ static void domains_from_json(RunLog *r, const cJSON *o) {
     const cJSON *it;
     cJSON_ArrayForEach(it, layers) {
         double l = json_num(it, "layer");
-        if (!isfinite(l) ||
+        if (!fits_int(l) ||
             read_matrix(cJSON_GetObjectItemCaseSensitive(it, "counts"), D, e, d->counts + (size_t)d->n_layers * D * e)) {
             bad++;
             continue;
@@ -505,7 +510,7 @@ int runlog_load(RunLog *r, const char *run_dir, const CollapseParams *cp, MoeErr
     RoutingLog *g = &r->routing;
     const cJSON *cfg = r->run ? cJSON_GetObjectItemCaseSensitive(r->run, "config") : NULL;
     double k = json_num(cfg, "top_k");
-    g->K = isfinite(k) && k >= 1 ? (int)k : (rc.k_votes ? (rc.k_sum + rc.k_votes / 2) / rc.k_votes : 1);
+    g->K = fits_int(k) && k >= 1 ? (int)k : (rc.k_votes ? (rc.k_sum + rc.k_votes / 2) / rc.k_votes : 1);
     if (g->E > 0 && (g->K < 1 || g->K > g->E)) g->K = 1;
 
     EventCtx ec = {r, 0, 0};

@@ -820,7 +820,35 @@ static void test_broken_logs(const char *base) {
         runlog_free(&r);
     }
     CHECK(report_write(dir, &err) == 0, "report on broken logs: %s", err.msg);
-    // 4. a binary file as a log
+    // 4. valid JSON with the wrong types, absurd numbers and markup in names
+    snprintf(dir, sizeof dir, "%s/types", base);
+    make_dirs(dir, &err);
+    write_text(dir, "routing.jsonl",
+               "{\"step\": \"1\", \"tokens\": 8, \"layers\": [{\"layer\": 1, \"load\": [4, 4, 4, 4]}]}\n"
+               "{\"step\": 1, \"tokens\": 8, \"layers\": [{\"layer\": 1, \"load\": [[4], 4, 4, 4], \"bias\": \"x\"}]}\n"
+               "{\"step\": 2, \"tokens\": -8, \"layers\": [{\"layer\": 1e300, \"load\": [-4, 1e308, 1e308, 4]}]}\n"
+               "{\"step\": 1e300, \"tokens\": 1e-300, \"layers\": [{\"layer\": 1, \"load\": [4, 4, 4, 1e308]}]}\n"
+               "{\"step\": -5, \"tokens\": 8, \"layers\": [{\"load\": [0, 0, 0, 0]}, 5, null, \"s\"]}\n"
+               "{\"step\": 4, \"tokens\": 8, \"layers\": []}\n");
+    write_text(dir, "train.jsonl",
+               "{\"step\": 1e300, \"loss\": 1e300}\n{\"step\": 1, \"loss\": -1e308, \"ce\": \"x\"}\n"
+               "{\"step\": 2, \"loss\": 1e308, \"grad_norm\": -1}\n{\"step\": 3, \"val_loss\": \"nan\"}\n");
+    write_text(dir, "run.json",
+               "{\"name\": \"<b>x</b>\", \"config\": {\"top_k\": 1e300, \"route_scale\": \"x\"}, "
+               "\"parent\": {\"run\": 5, \"step\": \"x\"}, \"train\": [1, 2]}");
+    write_text(dir, "events.jsonl", "{\"step\": 1e300, \"type\": \"collapse\", \"layer\": 1e300, \"expert\": 1e300}\n"
+                                    "{\"step\": 1, \"type\": \"collapse\", \"layer\": 1, \"expert\": 99}\n");
+    write_text(dir, "domains.jsonl", "{\"step\": 1, \"domains\": [\"a\", 5], \"E\": 4, \"tokens\": \"x\", \"layers\": "
+                                     "[{\"layer\": 1, \"counts\": [[0, 0, 0, 0], [1e308, 1e308, 1e308, 1e308]]}]}\n");
+    CHECK(report_write(dir, &err) == 0, "wrong types: %s", err.msg);
+    path_in(p, sizeof p, dir, "report.html");
+    char *html = NULL;
+    size_t hn;
+    if (read_file_all(p, &html, &hn, &err) == 0) {
+        CHECK(!strstr(html, "<b>x</b>") && strstr(html, "&lt;b&gt;x&lt;/b&gt;"), "run name not escaped");
+        free(html);
+    }
+    // 5. a binary file as a log
     snprintf(dir, sizeof dir, "%s/binary", base);
     make_dirs(dir, &err);
     FILE *f = fopen((snprintf(p, sizeof p, "%s/routing.jsonl", dir), p), "wb");
@@ -846,10 +874,10 @@ static void test_fuzz(const char *base) {
     s.K = 2;
     s.collapse_layer_index = 1;
     write_synthetic_run(src, &s);
-    char *files[3] = {NULL, NULL, NULL};
-    size_t sizes[3] = {0, 0, 0};
-    const char *names[3] = {"routing.jsonl", "train.jsonl", "coact.jsonl"};
-    for (int k = 0; k < 3; k++) {
+    char *files[5] = {NULL, NULL, NULL, NULL, NULL};
+    size_t sizes[5] = {0, 0, 0, 0, 0};
+    const char *names[5] = {"routing.jsonl", "train.jsonl", "coact.jsonl", "run.json", "domains.jsonl"};
+    for (int k = 0; k < 5; k++) {
         path_in(p, sizeof p, src, names[k]);
         read_file_all(p, &files[k], &sizes[k], &err);
     }
@@ -859,7 +887,7 @@ static void test_fuzz(const char *base) {
     double t0 = wall_seconds();
     int iters = 0, fails = 0;
     while (iters < 60 && (iters < 10 || wall_seconds() - t0 < 5.0)) {
-        for (int k = 0; k < 3; k++) {
+        for (int k = 0; k < 5; k++) {
             if (!files[k]) continue;
             size_t n = sizes[k];
             char *buf = malloc(n + 1);
@@ -885,7 +913,7 @@ static void test_fuzz(const char *base) {
             // every iteration parses; a few charts every 4th, the full report every 25th
             path_in(p, sizeof p, dir, "f.png");
             if (iters % 4 == 1 && (chart_load_heatmap(&r, 10, p, NULL, &err) || chart_maxvio(&r, p, NULL, &err) ||
-                                   chart_coact_within(&r, p, &err)))
+                                   chart_coact_within(&r, p, &err) || chart_domains(&r, p, &err)))
                 fails++;
             runlog_free(&r);
             if (iters % 25 == 3 && report_write(dir, &err) != 0) fails++;
@@ -896,7 +924,7 @@ static void test_fuzz(const char *base) {
     }
     CHECK(fails == 0, "%d of %d fuzz iterations failed (last: %s)", fails, iters, err.msg);
     CHECK(iters >= 10, "only %d fuzz iterations", iters);
-    for (int k = 0; k < 3; k++) free(files[k]);
+    for (int k = 0; k < 5; k++) free(files[k]);
     test_end();
 }
 
