@@ -403,12 +403,12 @@ static void test_corrupt(void) {
         refresh_crcs(w, n);
         write_bytes(bad, w, n);
         expect_bad(bad, "invalid model config", "dim = 0", &b);
-        // fields that pass config_validate but whose product overflows a tensor dimension
+        // fields whose product overflows a tensor dimension (config_validate names the product)
         memcpy(w, g, n);
         wr32(w + 80 + 4 * 4, 0x40000000);  // n_heads: n_heads * (qk_nope + qk_rope) > INT_MAX
         refresh_crcs(w, n);
         write_bytes(bad, w, n);
-        expect_bad(bad, "too large", "n_heads overflow", &b);
+        expect_bad(bad, "n_heads", "n_heads overflow", &b);
         // a valid but different config: sizes no longer agree with the stored ones
         memcpy(w, g, n);
         wr32(w + 84, 32);
