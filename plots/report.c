@@ -51,8 +51,21 @@ static void layer_names(const RoutingLog *g, char (*names)[32], const char **ptr
     }
 }
 
+// first and last logged step (min and max: a run resumed from an earlier checkpoint logs
+// some steps twice)
+static double step_min(const RoutingLog *g) {
+    double m = g->step[0];
+    for (int t = 1; t < g->n; t++) m = fmin(m, g->step[t]);
+    return m;
+}
+static double step_max(const RoutingLog *g) {
+    double m = g->step[0];
+    for (int t = 1; t < g->n; t++) m = fmax(m, g->step[t]);
+    return m;
+}
+
 static void x_range(const RoutingLog *g, Axes *ax) {
-    if (g->n > 0) axes_set_x(ax, g->step[0], g->n > 1 ? g->step[g->n - 1] : g->step[0] + 1);
+    if (g->n > 0) axes_set_x(ax, step_min(g), g->n > 1 ? step_max(g) : g->step[0] + 1);
 }
 
 // draws collapse (red) / recovered (green) events as vertical dashed lines; layer < 0: all
@@ -129,13 +142,15 @@ void routing_global_maxvio(const RoutingLog *g, int li, double *out) {
 // column per logged step, step k of n falls exactly into column k
 static double step_end(const RoutingLog *g) {
     if (g->n <= 1) return g->step[0] + 1;
-    double d = (g->step[g->n - 1] - g->step[0]) / (g->n - 1);
-    return g->step[g->n - 1] + (d > 0 ? d : 1);
+    double lo = step_min(g), hi = step_max(g);
+    double d = (hi - lo) / (g->n - 1);
+    return hi + (d > 0 ? d : 1);
 }
 
 static int step_col(double step, double x0, double x1, int cols) {
-    int c = (int)floor((step - x0) / (x1 - x0) * cols + 1e-6);
-    return c < 0 ? 0 : (c >= cols ? cols - 1 : c);
+    double c = floor((step - x0) / (x1 - x0) * cols + 1e-6);
+    if (!(c >= 0)) return 0;  // also NaN
+    return c >= cols ? cols - 1 : (int)c;
 }
 
 // columns left empty between filled ones (irregular logging) repeat the previous column
@@ -210,7 +225,7 @@ static float *share_bins(const RoutingLog *g, int li, int cols) {
         return NULL;
     }
     for (size_t i = 0; i < (size_t)g->E * cols; i++) v[i] = 0;
-    double x0 = g->step[0], x1 = step_end(g);
+    double x0 = step_min(g), x1 = step_end(g);
     for (int t = 0; t < g->n; t++) {
         const float *ld = g->load + ((size_t)t * g->L + li) * g->E;
         double s = 0;
@@ -229,7 +244,7 @@ static float *share_bins(const RoutingLog *g, int li, int cols) {
 
 static int draw_share_panel(const RunLog *r, int li, Axes *ax, int full) {
     const RoutingLog *g = &r->routing;
-    axes_set_x(ax, g->step[0], step_end(g));
+    axes_set_x(ax, step_min(g), step_end(g));
     int cols = ax->x1 - ax->x0;
     if (g->n < cols) cols = g->n;
     float *v = share_bins(g, li, cols);
@@ -262,7 +277,7 @@ int chart_share_layer(const RunLog *r, int li, const char *path, Axes *ax_out, M
         axes_message(&ax, "no data");
     } else {
         snprintf(title, sizeof title, "Layer %d: expert load / uniform share over training", g->layer[li]);
-        axes_set_x(&ax, g->step[0], step_end(g));
+        axes_set_x(&ax, step_min(g), step_end(g));
         axes_draw(&ax, title, "step", "expert");
         if (draw_share_panel(r, li, &ax, 1)) {
             canvas_free(&cv);
@@ -303,7 +318,7 @@ int chart_share_grid(const RunLog *r, const char *path, MoeErr *err) {
         int bx = (li % cols) * pw, by = 40 + (li / cols) * ph;
         Axes ax = panel_axes(&cv, bx, by, pw, ph);
         ax.no_yticks = 1;
-        axes_set_x(&ax, g->step[0], step_end(g));
+        axes_set_x(&ax, step_min(g), step_end(g));
         char t[64];
         int ex = -1, col = runlog_layer_collapsed(r, li, &ex);
         if (col)
@@ -538,7 +553,7 @@ int chart_bias_heatmap(const RunLog *r, const char *path, MoeErr *err) {
     for (int li = 0; li < g->L && li < MAX_PANELS; li++) {
         Axes ax = panel_axes(&cv, (li % cols) * pw, 40 + (li / cols) * ph, pw, ph);
         ax.no_yticks = 1;
-        axes_set_x(&ax, g->step[0], step_end(g));
+        axes_set_x(&ax, step_min(g), step_end(g));
         int nc = ax.x1 - ax.x0 < g->n ? ax.x1 - ax.x0 : g->n;
         float *v = malloc(sizeof(float) * (size_t)g->E * nc);
         int *cnt = calloc((size_t)nc, sizeof(int));
