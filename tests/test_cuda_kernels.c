@@ -526,6 +526,162 @@ static void test_optim(void) {
     test_end();
 }
 
+// ---- bf16 --------------------------------------------------------------------------------------
+
+static uint16_t f2bf(float x) {  // round to nearest even (finite inputs)
+    uint32_t b;
+    memcpy(&b, &x, 4);
+    b += 0x7fffu + ((b >> 16) & 1u);
+    return (uint16_t)(b >> 16);
+}
+static float bf2f(uint16_t h) {
+    uint32_t b = (uint32_t)h << 16;
+    float x;
+    memcpy(&x, &b, 4);
+    return x;
+}
+// random bf16 values and their exact fp32 images
+static uint16_t *rand_bf16(size_t n, float scale, float **as_f32) {
+    uint16_t *h = (uint16_t *)mallocCheck(sizeof(uint16_t) * (n ? n : 1));
+    float *f = (float *)mallocCheck(sizeof(float) * (n ? n : 1));
+    for (size_t i = 0; i < n; i++) {
+        h[i] = f2bf(scale * (2.0f * rng_uniform(&rng) - 1.0f));
+        f[i] = bf2f(h[i]);
+    }
+    *as_f32 = f;
+    return h;
+}
+static void check_dev_bf16(const char *what, const uint16_t *dev, const float *ref, size_t n, double atol, double rtol) {
+    uint16_t *h = (uint16_t *)mallocCheck(sizeof(uint16_t) * (n ? n : 1));
+    float *f = (float *)mallocCheck(sizeof(float) * (n ? n : 1));
+    cu_download(h, dev, sizeof(uint16_t) * n);
+    for (size_t i = 0; i < n; i++) f[i] = bf2f(h[i]);
+    check_arr(what, f, ref, n, atol, rtol);
+    free(h), free(f);
+}
+#define BF_RTOL (1.0 / 128.0)  // two roundings of 2^-9 each, plus fp32 noise
+
+static void test_bf16(void) {
+    test_begin("cuda_bf16_conversions");
+    long n = 1003;
+    float *x = rand_buf(n, 3.0f), *back = (float *)mallocCheck(sizeof(float) * n);
+    float *d_x = (float *)to_dev(x, sizeof(float) * n), *d_back = (float *)cu_malloc(sizeof(float) * n);
+    uint16_t *d_h = (uint16_t *)cu_malloc(sizeof(uint16_t) * n);
+    cu_f32_to_bf16(d_h, d_x, n);
+    uint16_t *h = (uint16_t *)mallocCheck(sizeof(uint16_t) * n);
+    cu_download(h, d_h, sizeof(uint16_t) * n);
+    int bad = 0;
+    for (long i = 0; i < n; i++) bad += h[i] != f2bf(x[i]);
+    CHECK(!bad, "round-to-nearest-even differs from the reference in %d values", bad);
+    cu_bf16_to_f32(d_back, d_h, n);
+    for (long i = 0; i < n; i++) back[i] = bf2f(h[i]);
+    check_dev("widen", d_back, back, n, 0, 0);
+    test_end();
+
+    test_begin("cuda_bf16_stochastic_rounding_unbiased");
+    // many copies of one value between two bf16 neighbours: every result is a neighbour, the mean is the value
+    long m = 4096;
+    float v = 1.0f + 0.3f / 128.0f;  // 30 % of the way from 1 to the next bf16 (1 + 2^-7)
+    float *vs = (float *)mallocCheck(sizeof(float) * m);
+    for (long i = 0; i < m; i++) vs[i] = v;
+    float *d_vs = (float *)to_dev(vs, sizeof(float) * m);
+    uint16_t *d_r = (uint16_t *)cu_malloc(sizeof(uint16_t) * m), *r = (uint16_t *)mallocCheck(sizeof(uint16_t) * m);
+    cu_f32_to_bf16_stochastic(d_r, d_vs, m, 1234u);
+    cu_download(r, d_r, sizeof(uint16_t) * m);
+    double mean = 0.0;
+    int outside = 0, up = 0;
+    for (long i = 0; i < m; i++) {
+        float f = bf2f(r[i]);
+        outside += f != 1.0f && f != 1.0f + 1.0f / 128.0f;
+        up += f != 1.0f;
+        mean += f;
+    }
+    mean /= m;
+    CHECK(!outside, "%d results are not a neighbour of the value", outside);
+    CHECK(fabs(mean - v) < 3e-4, "mean %.7f expected %.7f (%d of %ld rounded up)", mean, v, up, m);
+    cu_free(d_vs), cu_free(d_r), free(vs), free(r);
+    test_end();
+
+    test_begin("cuda_bf16_encoder_rmsnorm_swiglu");
+    int N = 21, C = 37, V = 9;
+    float *wte_f, *w_f, *xin_f;
+    uint16_t *wte = rand_bf16((size_t)V * C, 1.0f, &wte_f), *w = rand_bf16(C, 1.0f, &w_f);
+    uint16_t *xin = rand_bf16((size_t)N * C, 2.0f, &xin_f);
+    int *tok = (int *)mallocCheck(sizeof(int) * N);
+    for (int i = 0; i < N; i++) tok[i] = (i * 4 + 1) % V;
+    float *ref = (float *)mallocCheck(sizeof(float) * N * C), *rstd = (float *)mallocCheck(sizeof(float) * N);
+    int *d_tok = (int *)to_dev(tok, sizeof(int) * N);
+    uint16_t *d_wte = (uint16_t *)to_dev(wte, 2 * (size_t)V * C), *d_w = (uint16_t *)to_dev(w, 2 * (size_t)C);
+    uint16_t *d_xin = (uint16_t *)to_dev(xin, 2 * (size_t)N * C), *d_out = (uint16_t *)cu_malloc(2 * (size_t)N * C);
+    float *d_rstd = (float *)cu_malloc(sizeof(float) * N);
+    encoder_forward(ref, tok, wte_f, N, C);
+    cu_encoder_forward_bf16(d_out, d_tok, d_wte, N, C);
+    check_dev_bf16("embedding", d_out, ref, (size_t)N * C, 0, 0);
+    rmsnorm_forward(ref, rstd, xin_f, C, w_f, N, C, 1e-6f);
+    cu_rmsnorm_forward_bf16(d_out, d_rstd, d_xin, d_w, N, C, 1e-6f);
+    check_dev_bf16("rmsnorm", d_out, ref, (size_t)N * C, 1e-3, BF_RTOL);
+    check_dev("rmsnorm rstd (fp32)", d_rstd, rstd, N, 1e-6, 1e-5);
+    float *h3_f, *dout_f;
+    uint16_t *h3 = rand_bf16((size_t)N * C, 2.0f, &h3_f), *dout = rand_bf16((size_t)N * C, 1.0f, &dout_f);
+    uint16_t *d_h3 = (uint16_t *)to_dev(h3, 2 * (size_t)N * C), *d_dout = (uint16_t *)to_dev(dout, 2 * (size_t)N * C);
+    uint16_t *d_dh1 = (uint16_t *)cu_malloc(2 * (size_t)N * C), *d_dh3 = (uint16_t *)cu_malloc(2 * (size_t)N * C);
+    long nn = (long)N * C;
+    swiglu_forward(ref, xin_f, h3_f, nn);
+    cu_swiglu_forward_bf16(d_out, d_xin, d_h3, nn);
+    check_dev_bf16("swiglu", d_out, ref, nn, 1e-3, BF_RTOL);
+    float *dh1 = (float *)calloc((size_t)nn, sizeof(float)), *dh3 = (float *)calloc((size_t)nn, sizeof(float));
+    swiglu_backward(dh1, dh3, dout_f, xin_f, h3_f, nn);
+    cu_swiglu_backward_bf16(d_dh1, d_dh3, d_dout, d_xin, d_h3, nn);
+    check_dev_bf16("swiglu dh1", d_dh1, dh1, nn, 1e-3, BF_RTOL);
+    check_dev_bf16("swiglu dh3", d_dh3, dh3, nn, 1e-3, BF_RTOL);
+    void *dv[] = {d_tok, d_wte, d_w, d_xin, d_out, d_rstd, d_h3, d_dout, d_dh1, d_dh3};
+    for (size_t i = 0; i < sizeof dv / sizeof dv[0]; i++) cu_free(dv[i]);
+    void *hv[] = {wte, w, xin, wte_f, w_f, xin_f, tok, ref, rstd, h3, h3_f, dout, dout_f, dh1, dh3};
+    for (size_t i = 0; i < sizeof hv / sizeof hv[0]; i++) free(hv[i]);
+    test_end();
+
+    test_begin("cuda_bf16_gemm");
+    int M = 19, Nn = 23, K = 41;
+    float *a_f, *b_f;
+    uint16_t *a = rand_bf16((size_t)M * K, 1.0f, &a_f), *b = rand_bf16((size_t)Nn * K, 1.0f, &b_f);
+    float *c = (float *)mallocCheck(sizeof(float) * M * Nn);
+    uint16_t *d_a = (uint16_t *)to_dev(a, 2 * (size_t)M * K), *d_b = (uint16_t *)to_dev(b, 2 * (size_t)Nn * K);
+    uint16_t *d_c = (uint16_t *)cu_malloc(2 * (size_t)M * Nn);
+    matmul_forward(c, a_f, b_f, M, K, Nn);  // C = A B^T
+    cu_gemm_bf16(0, 1, M, Nn, K, 1.0f, d_a, K, d_b, K, 0.0f, d_c, Nn);
+    check_dev_bf16("A B^T", d_c, c, (size_t)M * Nn, 2e-2, BF_RTOL);
+    cu_free(d_a), cu_free(d_b), cu_free(d_c);
+    free(a), free(b), free(a_f), free(b_f), free(c);
+    test_end();
+
+    test_begin("cuda_bf16_adamw_master_and_stochastic_copy");
+    size_t np = 999;
+    float *p = rand_buf(np, 1.0f), *g = rand_buf(np, 1.0f), *mm = rand_buf(np, 0.01f), *vv = rand_buf(np, 0.01f);
+    for (size_t i = 0; i < np; i++) vv[i] = fabsf(vv[i]);
+    float *d_p = (float *)to_dev(p, 4 * np), *d_g = (float *)to_dev(g, 4 * np), *d_m = (float *)to_dev(mm, 4 * np);
+    float *d_v = (float *)to_dev(vv, 4 * np);
+    uint16_t *d_pw = (uint16_t *)cu_malloc(2 * np), *pw = (uint16_t *)mallocCheck(2 * np);
+    float b1c = 1.0f - powf(0.9f, 3.0f), b2c = 1.0f - powf(0.95f, 3.0f);
+    for (size_t i = 0; i < np; i++) p[i] = lm_adamw(p[i], g[i], &mm[i], &vv[i], 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, b1c, b2c);
+    cu_adamw_bf16(d_pw, d_p, d_g, d_m, d_v, np, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, b1c, b2c, 99u);
+    check_dev("master", d_p, p, np, 1e-7, 1e-6);
+    cu_download(pw, d_pw, 2 * np);
+    int nbad = 0;
+    for (size_t i = 0; i < np; i++) {
+        uint32_t lo;
+        memcpy(&lo, &p[i], 4);
+        float down = bf2f((uint16_t)(lo >> 16)), upv = bf2f((uint16_t)((lo >> 16) + 1));
+        float got = bf2f(pw[i]);
+        nbad += !(got == down || (got == upv && (lo & 0xffffu) != 0));
+    }
+    CHECK(!nbad, "%d bf16 copies are not one of the two neighbours of the master value", bad);
+    cu_free(d_p), cu_free(d_g), cu_free(d_m), cu_free(d_v), cu_free(d_pw);
+    free(p), free(g), free(mm), free(vv), free(pw);
+    free(x), free(back), free(h);
+    cu_free(d_x), cu_free(d_back), cu_free(d_h);
+    test_end();
+}
+
 int main(void) {
     rng = rng_seed(1234);
     printf("# backend %s\n", cu_backend());
@@ -543,5 +699,6 @@ int main(void) {
     test_moe_ffn("cuda_moe_ffn_fwd_bwd_dropless", 6, 2, 3, 2, SCORE_SIGMOID, 0.0f);
     test_moe_ffn("cuda_moe_ffn_fwd_bwd_capacity", 5, 2, 1, 1, SCORE_SOFTMAX, 0.6f);
     test_optim();
+    test_bf16();
     return test_summary();
 }

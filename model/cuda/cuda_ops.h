@@ -8,6 +8,7 @@
 #define MOE_CUDA_OPS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -115,6 +116,25 @@ void cu_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, 
               float wd, float grad_scale, float b1c, float b2c);
 // loss-free balancing: b_i += gamma * sign(mean(load) - load_i), for one MoE layer
 void cu_bias_update(float *bias, const float *load, int E, float gamma);
+
+// ---- bf16 (model/cuda/bf16.cu): uint16_t = raw bf16 bits; fp32 accumulation everywhere ------
+void cu_f32_to_bf16(uint16_t *out, const float *in, long n);  // round to nearest even
+void cu_bf16_to_f32(float *out, const uint16_t *in, long n);
+// stochastic rounding (unbiased), deterministic for a given seed
+void cu_f32_to_bf16_stochastic(uint16_t *out, const float *in, long n, unsigned seed);
+void cu_encoder_forward_bf16(uint16_t *out, const int *inp, const uint16_t *wte, int N, int C);
+void cu_rmsnorm_forward_bf16(uint16_t *out, float *rstd, const uint16_t *inp, const uint16_t *weight, int N, int C,
+                             float eps);
+void cu_swiglu_forward_bf16(uint16_t *out, const uint16_t *h1, const uint16_t *h3, long n);
+// writes (does not accumulate) dh1, dh3
+void cu_swiglu_backward_bf16(uint16_t *dh1, uint16_t *dh3, const uint16_t *dout, const uint16_t *h1,
+                             const uint16_t *h3, long n);
+// AdamW on fp32 master weights, then pw (bf16 working copy) = stochastic_round(master)
+void cu_adamw_bf16(uint16_t *pw, float *master, const float *g, float *m, float *v, size_t n, float lr, float beta1,
+                   float beta2, float eps, float wd, float grad_scale, float b1c, float b2c, unsigned seed);
+// row-major GEMM as cu_gemm with bf16 A, B, C and fp32 compute (cublasGemmEx)
+void cu_gemm_bf16(int transA, int transB, int M, int N, int K, float alpha, const uint16_t *A, int lda,
+                  const uint16_t *B, int ldb, float beta, uint16_t *C, int ldc);
 
 #ifdef __cplusplus
 }
