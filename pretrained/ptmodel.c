@@ -101,7 +101,10 @@ int64_t pt_work_bytes(const PtConfig *c, int64_t n, int t_max) {
     if (c->moe_intermediate_size > wide) wide = c->moe_intermediate_size;
     int64_t attn = n * (3 * H * qd + H * vd);
     if (c->arch == PT_DEEPSEEK_V3) attn += n * (c->q_lora_rank + c->kv_lora_rank + c->qk_rope_head_dim);
-    int64_t floats = n * C * 5 + attn + 3 * n * wide + n * c->n_routed_experts + (int64_t)omp_get_max_threads() * t_max;
+    // x, xn, tmp, y, expert in/out (N, C); attention; dense/shared MLP (N, wide) x2; expert
+    // hidden (N, moe_inter) x2; router logits; per-thread attention rows; routing indices
+    int64_t floats = n * C * 6 + attn + 2 * n * wide + 2 * n * c->moe_intermediate_size + n * c->n_routed_experts +
+                     (int64_t)omp_get_max_threads() * t_max + 4 * n * c->top_k;
     return floats * 4;
 }
 
@@ -816,7 +819,7 @@ int pt_forward(PtModel *m, const int32_t *tokens, const int64_t *seq_start, int 
     w.order = (int64_t *)malloc((size_t)NK * sizeof(int64_t));
     w.eoff = (int64_t *)malloc((size_t)(E + 1) * sizeof(int64_t));
     w.fill = (int64_t *)malloc((size_t)(E + 1) * sizeof(int64_t));
-    int64_t rows_e = NK > N ? NK : N;
+    int64_t rows_e = N;  // experts run one at a time and each sees every token at most once
     w.xe = (float *)malloc((size_t)(rows_e * C) * sizeof(float));
     w.he1 = (float *)malloc((size_t)(rows_e * c->moe_intermediate_size) * sizeof(float));
     w.he3 = (float *)malloc((size_t)(rows_e * c->moe_intermediate_size) * sizeof(float));
