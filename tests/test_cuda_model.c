@@ -80,6 +80,12 @@ static void run_case(const char *name, ModelConfig *c, int B, int T) {
         float lc = model_forward(&cpu, in, tg, B, T, 1);
         float lg = cuda_model_forward(gm, in, tg, B, T);
         CHECK(fabsf(lc - lg) <= 1e-5f + 1e-5f * fabsf(lc), "step %d loss: cuda %.9g cpu %.9g", step, lg, lc);
+        float ce_g, aux_g;
+        cuda_model_losses(gm, &ce_g, &aux_g);
+        CHECK(fabsf(aux_g - cpu.aux_loss) <= 1e-5f * fabsf(cpu.aux_loss) + 1e-9f, "step %d aux loss: cuda %.9g cpu %.9g",
+              step, aux_g, cpu.aux_loss);
+        CHECK(c->balance == BALANCE_NONE || c->balance == BALANCE_BIAS || cpu.aux_loss > 0.0f,
+              "aux mode with a zero aux loss: the test does not test it");
         model_backward(&cpu);
         cuda_model_backward(gm);
         cuda_model_download_grads(gm, buf);
@@ -88,8 +94,12 @@ static void run_case(const char *name, ModelConfig *c, int B, int T) {
         CHECK(fabsf(nc - ng) <= 1e-5f * nc + 1e-7f, "step %d grad norm: cuda %.9g cpu %.9g", step, ng, nc);
         // routing loads
         for (int i = 0; i < cpu.n_moe; i++) {
-            float load[256], dropped = 0.0f;
-            cuda_model_routing_loads(gm, i, load, &dropped);
+            float load[256], dropped = 0.0f, ent = 0.0f, top1 = 0.0f;
+            cuda_model_routing_stats(gm, i, load, &dropped, &ent, &top1);
+            CHECK(fabs(ent - cpu.stats[i].entropy_sum) <= 1e-4 * fabs(cpu.stats[i].entropy_sum) + 1e-5,
+                  "step %d entropy sum %.7g vs %.7g", step, ent, cpu.stats[i].entropy_sum);
+            CHECK(fabs(top1 - cpu.stats[i].top1_sum) <= 1e-5 * fabs(cpu.stats[i].top1_sum) + 1e-6,
+                  "step %d top-1 sum %.7g vs %.7g", step, top1, cpu.stats[i].top1_sum);
             int bad = 0;
             for (int e = 0; e < E; e++) bad += load[e] != (float)cpu.stats[i].load[e];
             CHECK(!bad, "step %d moe block %d: loads differ in %d experts", step, cpu.moe_block[i], bad);
@@ -138,12 +148,22 @@ int main(void) {
     c.route_scale = 1.0f;
     run_case("cuda_model_step_tiny_softmax_capacity_no_qlora", &c, 3, 5);
 
+    config_tiny(&c);
+    c.balance = BALANCE_BIAS_SEQAUX;
+    c.aux_alpha = 0.01f;  // large enough to matter in the gradients
+    run_case("cuda_model_step_tiny_bias_seqaux", &c, 2, 6);
+
+    config_tiny(&c);
+    c.balance = BALANCE_AUX;
+    c.aux_alpha = 0.01f;
+    c.score_func = SCORE_SOFTMAX;
+    c.n_expert_groups = 1;
+    c.n_limited_groups = 1;
+    run_case("cuda_model_step_tiny_batch_aux_softmax", &c, 2, 5);
+
     test_begin("cuda_model_refuses_unsupported");
     MoeErr err = {{0}};
     CudaModel *gm = NULL;
-    config_tiny(&c);
-    c.balance = BALANCE_SEQAUX;
-    CHECK(cuda_model_create(&gm, &c, 1, 4, &err) != 0 && strstr(err.msg, "seqaux"), "seqaux accepted: %s", err.msg);
     config_tiny(&c);
     c.mtp_depth = 1;
     CHECK(cuda_model_create(&gm, &c, 1, 4, &err) != 0 && strstr(err.msg, "MTP"), "MTP accepted: %s", err.msg);

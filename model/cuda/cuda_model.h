@@ -4,8 +4,9 @@
 // the kernels of cuda_ops.h. Per step the only device-to-host copies are the loss (forward)
 // and what the caller asks for (grad norm, routing loads).
 // Supported: MLA (with or without q_lora), dense and MoE layers, shared experts, group-limited
-// routing, sigmoid/softmax gates, capacity, balance none/bias. Not yet: the auxiliary losses
-// (seqaux, bias+seqaux, aux), MTP, bf16/fp16 (cuda_model_create refuses them with a message).
+// routing, sigmoid/softmax gates, capacity, every balance mode (bias, sequence-wise and batch
+// auxiliary losses), routing statistics. Not yet: MTP (cuda_model_create refuses it with a
+// message), bf16/fp16 whole-model training (the bf16 kernels exist in cuda_ops.h).
 #ifndef MOE_CUDA_MODEL_H
 #define MOE_CUDA_MODEL_H
 
@@ -41,8 +42,13 @@ void cuda_model_adamw(CudaModel *m, float lr, float beta1, float beta2, float ep
 // b_i += gamma * sign(mean_load - load_i) from the loads accumulated since the last reset
 void cuda_model_update_bias(CudaModel *m);
 void cuda_model_routing_reset(CudaModel *m);
-// loads (E) of MoE block number i (0 .. n_moe-1) and dropped assignments; returns n_moe
-int cuda_model_routing_loads(const CudaModel *m, int i, float *load, float *dropped);
+// routing statistics of MoE block number i (0 .. n_moe-1) accumulated since the last reset:
+// loads (E), dropped assignments, sums over tokens of the router entropy and of the top-1
+// weight (any pointer may be NULL); returns n_moe
+int cuda_model_routing_stats(const CudaModel *m, int i, float *load, float *dropped, float *entropy_sum,
+                             float *top1_sum);
+// the parts of the last forward's loss: main cross-entropy and the balancing losses
+void cuda_model_losses(const CudaModel *m, float *ce, float *aux);
 
 #ifdef __cplusplus
 }

@@ -108,6 +108,22 @@ void cu_moe_scatter_add(float *dx, const float *dxe, const int *row_of, int N, i
 void cu_moe_gate_backward(float *dlogits, const float *dwts, const float *scores, const int *sel, int N, int E,
                           int K, int score_func, float route_scale);
 
+// the same with the balancing-loss term (moe_backward's with_aux branch): aux_f (n_seg, E),
+// seg_len tokens per segment (T for the sequence-wise loss, N for the batch loss)
+void cu_moe_gate_backward_aux(float *dlogits, const float *dwts, const float *scores, const int *sel, int N, int E,
+                              int K, int score_func, float route_scale, const float *aux_f, int seg_len, int n_seg,
+                              float alpha, float aux_scale);
+// balancing loss alpha * mean over segments of sum_i f_i P_i: writes aux_f (n_seg, E) and ADDS
+// the loss to loss_acc[0]; scratch: n_seg floats
+void cu_moe_aux_forward(float *aux_f, float *loss_acc, float *scratch, const float *scores, const int *sel, int n_seg,
+                        int seg_len, int E, int K, float alpha);
+// routing statistics: ADDS the sum over tokens of the entropy of the normalised scores to
+// ent_sum[0] and of the largest weight to top1_sum[0]; scratch: 2N floats
+void cu_moe_routing_stats(float *ent_sum, float *top1_sum, float *scratch, const float *scores, const float *wts,
+                          int N, int E, int K);
+// acc[0] += scale * sum(x) (fixed order)
+void cu_sum_into(float *acc, const float *x, int n, float scale);
+
 // ---- optimizer ----------------------------------------------------------------------------------
 // out (1) = sqrt(sum g^2) over n values; scratch >= 1024 floats
 void cu_global_norm(float *out, const float *g, size_t n, float *scratch);

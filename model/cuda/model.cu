@@ -33,6 +33,11 @@ struct CudaModel {
     // routing statistics per MoE block: loads (n_moe, E) and dropped (n_moe)
     int n_moe, moe_block[64];
     float *load, *dropped;
+    float *stats;      // (n_moe, 2): entropy sum, top-1 weight sum
+    float *stats_scr;  // 2N
+    float *seg_scr;    // B_max + 1
+    // last forward
+    float ce_loss, aux_loss;
     // last forward
     int B, T, n_valid;
     float loss;
@@ -140,6 +145,7 @@ static void carve_block(BlockActs *ba, const ModelConfig *c, int is_moe, int B, 
         ba->eh3 = dalloc(N * K * I);
         ba->eg = dalloc(N * K * I);
         ba->ey = dalloc(N * K * C);
+        ba->aux_f = dalloc((size_t)(B + 1) * E);
         if (S > 0) {
             ba->sh1 = dalloc(N * S * I);
             ba->sh3 = dalloc(N * S * I);
@@ -152,7 +158,7 @@ static void free_block(BlockActs *ba) {
     void *ptrs[] = {ba->x_in, ba->ln1, ba->ln1_rstd, ba->qa, ba->qan, ba->qa_rstd, ba->q, ba->kva, ba->ckvn,
                     ba->ckv_rstd, ba->kv, ba->qf, ba->kf, ba->vf, ba->att, ba->atto, ba->x_mid, ba->ln2, ba->ln2_rstd,
                     ba->ffn_y, ba->h1, ba->h3, ba->g, ba->logits, ba->scores, ba->sel, ba->wts, ba->row_of, ba->perm,
-                    ba->expert_off, ba->xe, ba->eh1, ba->eh3, ba->eg, ba->ey, ba->sh1, ba->sh3, ba->sg};
+                    ba->expert_off, ba->xe, ba->eh1, ba->eh3, ba->eg, ba->ey, ba->sh1, ba->sh3, ba->sg, ba->aux_f};
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) cu_free(ptrs[i]);
 }
 
@@ -165,9 +171,6 @@ int cuda_model_create(CudaModel **out, const ModelConfig *cfg, int B_max, int T_
     if (B_max <= 0 || T_max <= 0 || T_max > cfg->max_seq_len)
         return moe_err_set(err, "cuda model: batch %d x %d is invalid (max_seq_len %d)", B_max, T_max, cfg->max_seq_len);
     if (cfg->mtp_depth > 0) return moe_err_set(err, "cuda model: MTP (mtp_depth > 0) is not implemented on the GPU yet");
-    if (cfg->balance != BALANCE_NONE && cfg->balance != BALANCE_BIAS)
-        return moe_err_set(err, "cuda model: balance '%s' (auxiliary losses) is not implemented on the GPU yet; "
-                                "use bias or none", balance_name(cfg->balance));
     if (cfg->n_routed_experts > 256 || cfg->top_k > 16 || cfg->n_expert_groups > 64)
         return moe_err_set(err, "cuda model: at most 256 routed experts, top_k 16, 64 expert groups");
     if (cfg_qk_head_dim(cfg) > 256 || cfg->v_head_dim > 256)
@@ -236,12 +239,15 @@ int cuda_model_create(CudaModel **out, const ModelConfig *cfg, int B_max, int T_
         m->dlogits = dalloc(N * E);
     }
     m->ce_scr = dalloc(N);
-    m->loss_dev = dalloc(1);
+    m->loss_dev = dalloc(4);  // [0] unused, [1] cross-entropy, [2] balancing losses
     m->norm_dev = dalloc(1);
     m->norm_scr = dalloc(1024);
     m->n_valid_dev = ialloc(1);
     m->load = dalloc((size_t)(m->n_moe > 0 ? m->n_moe : 1) * E);
     m->dropped = dalloc(m->n_moe > 0 ? m->n_moe : 1);
+    m->stats = dalloc(2 * (size_t)(m->n_moe > 0 ? m->n_moe : 1));
+    m->stats_scr = dalloc(2 * N);
+    m->seg_scr = dalloc((size_t)B_max + 1);
     *out = m;
     return 0;
 }
@@ -253,7 +259,8 @@ void cuda_model_free(CudaModel *m) {
                     m->inputs, m->targets, m->pos, m->dx, m->dlnf, m->dln2, m->datto, m->dqf, m->dkf, m->dvf, m->dkv,
                     m->dkva, m->dckvn, m->dln1, m->dqan, m->dqa, m->att_scr, m->dg, m->dh1, m->dh3, m->dsg, m->dsh1,
                     m->dsh3, m->dey, m->dxe, m->deg, m->deh1, m->deh3, m->dwts, m->dlogits, m->ce_scr, m->loss_dev,
-                    m->norm_dev, m->norm_scr, m->n_valid_dev, m->load, m->dropped};
+                    m->norm_dev, m->norm_scr, m->n_valid_dev, m->load, m->dropped, m->stats, m->stats_scr,
+                    m->seg_scr};
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) cu_free(ptrs[i]);
     free(m->tensors);
     free(m);
@@ -331,6 +338,11 @@ static void moe_forward(CudaModel *m, int l, const LayerParams *lp, BlockActs *b
     long cap = c->capacity_factor > 0.0f ? (long)ceil((double)c->capacity_factor * N * K / E) : (long)N * K;
     cu_moe_dispatch(ba->row_of, ba->perm, ba->expert_off, m->load + (size_t)mi * E, m->dropped + mi, ba->sel, N, K, E,
                     cap);
+    cu_moe_routing_stats(m->stats + 2 * mi, m->stats + 2 * mi + 1, m->stats_scr, ba->scores, ba->wts, N, E, K);
+    int seq = c->balance == BALANCE_SEQAUX || c->balance == BALANCE_BIAS_SEQAUX, batch = c->balance == BALANCE_AUX;
+    if ((seq || batch) && c->aux_alpha > 0.0f)
+        cu_moe_aux_forward(ba->aux_f, m->loss_dev + 2, m->seg_scr, ba->scores, ba->sel, seq ? B : 1, seq ? T : N, E, K,
+                           c->aux_alpha);
     cu_moe_gather(ba->xe, ba->ln2, ba->perm, ba->expert_off, N, K, C, E);
     cu_grouped_matmul_forward(ba->eh1, ba->xe, lp->ew1, ba->expert_off, E, N, C, I);
     cu_grouped_matmul_forward(ba->eh3, ba->xe, lp->ew3, ba->expert_off, E, N, C, I);
@@ -433,7 +445,12 @@ static void moe_backward(CudaModel *m, const LayerParams *lp, LayerParams *gp, B
     cu_grouped_matmul_backward(m->dxe, gp->ew1, m->deh1, ba->xe, lp->ew1, ba->expert_off, E, N, C, I);
     cu_grouped_matmul_backward(m->dxe, gp->ew3, m->deh3, ba->xe, lp->ew3, ba->expert_off, E, N, C, I);
     cu_moe_scatter_add(dln2, m->dxe, ba->row_of, N, K, C);
-    cu_moe_gate_backward(m->dlogits, m->dwts, ba->scores, ba->sel, N, E, K, c->score_func, c->route_scale);
+    int seq = c->balance == BALANCE_SEQAUX || c->balance == BALANCE_BIAS_SEQAUX, batch = c->balance == BALANCE_AUX;
+    if ((seq || batch) && c->aux_alpha > 0.0f)
+        cu_moe_gate_backward_aux(m->dlogits, m->dwts, ba->scores, ba->sel, N, E, K, c->score_func, c->route_scale,
+                                 ba->aux_f, seq ? m->T : N, seq ? m->B : 1, c->aux_alpha, 1.0f);
+    else
+        cu_moe_gate_backward(m->dlogits, m->dwts, ba->scores, ba->sel, N, E, K, c->score_func, c->route_scale);
     cu_matmul_backward(dln2, gp->gate, m->dlogits, ba->ln2, lp->gate, N, C, E);
 }
 
@@ -484,6 +501,7 @@ float cuda_model_forward(CudaModel *m, const int *inputs, const int *targets, in
     cu_upload(m->pos, pos, sizeof(int) * (size_t)N);
     free(pos);
     cu_upload(m->inputs, inputs, sizeof(int) * (size_t)N);
+    cu_zero(m->loss_dev, sizeof(float) * 4);
     cu_encoder_forward(m->acts[0].x_in, m->inputs, m->p.wte, N, C);
     for (int l = 0; l < L; l++) {
         float *x_out = l + 1 < L ? m->acts[l + 1].x_in : m->x_final;
@@ -491,12 +509,17 @@ float cuda_model_forward(CudaModel *m, const int *inputs, const int *targets, in
     }
     cu_rmsnorm_forward(m->lnf, m->lnf_rstd, m->x_final, C, m->p.final_norm, N, C, c->norm_eps);
     cu_matmul_forward(m->logits, m->lnf, m->p.lm_head, N, C, V);
-    m->loss = 0.0f;
+    m->loss = m->ce_loss = m->aux_loss = 0.0f;
     m->n_valid = 0;
     if (!targets) return 0.0f;
     cu_upload(m->targets, targets, sizeof(int) * (size_t)N);
-    cu_crossentropy_forward(m->lse, m->loss_dev, m->n_valid_dev, m->ce_scr, m->logits, m->targets, N, V);
-    cu_download(&m->loss, m->loss_dev, sizeof(float));  // the one device-to-host copy of the step
+    cu_crossentropy_forward(m->lse, m->loss_dev + 1, m->n_valid_dev, m->ce_scr, m->logits, m->targets, N, V);
+    float l[4];
+    cu_download(l, m->loss_dev, sizeof l);  // the one device-to-host copy of the step
+    m->ce_loss = l[1];
+    m->aux_loss = l[2];
+    m->loss = m->ce_loss;
+    m->loss += m->aux_loss;
     return m->loss;
 }
 
@@ -545,13 +568,24 @@ void cuda_model_routing_reset(CudaModel *m) {
     int E = m->cfg.n_routed_experts > 0 ? m->cfg.n_routed_experts : 1;
     cu_zero(m->load, sizeof(float) * (size_t)(m->n_moe > 0 ? m->n_moe : 1) * E);
     cu_zero(m->dropped, sizeof(float) * (size_t)(m->n_moe > 0 ? m->n_moe : 1));
+    cu_zero(m->stats, sizeof(float) * 2 * (size_t)(m->n_moe > 0 ? m->n_moe : 1));
 }
 
-int cuda_model_routing_loads(const CudaModel *m, int i, float *load, float *dropped) {
+void cuda_model_losses(const CudaModel *m, float *ce, float *aux) {
+    if (ce) *ce = m->ce_loss;
+    if (aux) *aux = m->aux_loss;
+}
+
+int cuda_model_routing_stats(const CudaModel *m, int i, float *load, float *dropped, float *entropy_sum,
+                             float *top1_sum) {
     if (i >= 0 && i < m->n_moe) {
         int E = m->cfg.n_routed_experts;
+        float st[2];
         if (load) cu_download(load, m->load + (size_t)i * E, sizeof(float) * E);
         if (dropped) cu_download(dropped, m->dropped + i, sizeof(float));
+        cu_download(st, m->stats + 2 * i, sizeof st);
+        if (entropy_sum) *entropy_sum = st[0];
+        if (top1_sum) *top1_sum = st[1];
     }
     return m->n_moe;
 }

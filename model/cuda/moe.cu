@@ -236,9 +236,11 @@ __global__ void moe_scatter_add_kernel(float *dx, const float *dxe, const int *r
     dx[i] = acc;
 }
 
-// per token: weights -> scores (renormalisation for sigmoid) -> logits
+// per token: weights -> scores (renormalisation for sigmoid), plus the balancing-loss term
+// when aux_f != NULL (f of the token's segment: seg_len tokens per segment) -> logits
 __global__ void moe_gate_backward_kernel(float *dlogits, const float *dwts, const float *scores, const int *sel_all,
-                                         int N, int E, int K, int score_func, float route_scale) {
+                                         int N, int E, int K, int score_func, float route_scale, const float *aux_f,
+                                         int seg_len, float coef, float aux_scale) {
     int n = blockIdx.x * blockDim.x + threadIdx.x;
     if (n >= N) return;
     const float *s = scores + (long)n * E;
@@ -256,6 +258,13 @@ __global__ void moe_gate_backward_kernel(float *dlogits, const float *dwts, cons
     } else {
         for (int k = 0; k < K; k++) ds[sel[k]] += route_scale * dw[k];
     }
+    if (aux_f) {
+        const float *f = aux_f + (long)(n / seg_len) * E;
+        float sum = 0.0f, dot = 0.0f;
+        for (int e = 0; e < E; e++) sum += s[e];
+        for (int e = 0; e < E; e++) dot += coef * f[e] * (s[e] / sum);
+        for (int e = 0; e < E; e++) ds[e] += aux_scale * (coef * f[e] - dot) / sum;
+    }
     float *dl = dlogits + (long)n * E;
     if (score_func == 0) {
         for (int e = 0; e < E; e++) dl[e] = ds[e] * s[e] * (1.0f - s[e]);
@@ -264,6 +273,63 @@ __global__ void moe_gate_backward_kernel(float *dlogits, const float *dwts, cons
         for (int e = 0; e < E; e++) dot += ds[e] * s[e];
         for (int e = 0; e < E; e++) dl[e] = s[e] * (ds[e] - dot);
     }
+}
+
+// ---- balancing loss and routing statistics ------------------------------------------------
+
+// One block per segment, one thread per expert: f_e = E/(K len) * #(assignments to e) and
+// P_e = 1/len sum_t s_te / sum_j s_tj; seg_loss[s] = sum_e f_e P_e. No early return.
+__global__ void moe_aux_segment_kernel(float *aux_f, float *seg_loss, const float *scores, const int *sel, int seg_len,
+                                       int E, int K) {
+    SHARED_ARRAY(float, part, 256);
+    int s = blockIdx.x, e = threadIdx.x;
+    float fe = 0.0f, pe = 0.0f;
+    if (e < E) {
+        int cnt = 0;
+        for (int t = 0; t < seg_len; t++) {
+            long n = (long)s * seg_len + t;
+            const float *sc = scores + n * E;
+            for (int k = 0; k < K; k++) cnt += sel[n * K + k] == e;
+            float sum = 0.0f;
+            for (int j = 0; j < E; j++) sum += sc[j];
+            pe += sc[e] / sum;
+        }
+        fe = (float)cnt * ((float)E / ((float)K * (float)seg_len));
+        aux_f[(long)s * E + e] = fe;
+    }
+    part[threadIdx.x] = e < E ? fe * (pe / (float)seg_len) : 0.0f;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float tot = 0.0f;
+        for (int i = 0; i < (int)blockDim.x; i++) tot += part[i];
+        seg_loss[s] = tot;
+    }
+}
+
+// acc[0] += scale * sum(x[0..n)) in a fixed order (one block)
+__global__ void sum_into_kernel(float *acc, const float *x, int n, float scale) {
+    SHARED_ARRAY(float, scratch, 32);
+    float v = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) v += x[i];
+    v = block_sum(v, scratch);
+    if (threadIdx.x == 0) acc[0] += scale * v;
+}
+
+// per token: entropy of the normalised scores and the largest routing weight
+__global__ void moe_token_stats_kernel(float *ent, float *top1, const float *scores, const float *wts, int N, int E,
+                                       int K) {
+    int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+    const float *sc = scores + (long)n * E;
+    float sum = 0.0f, h = 0.0f, mx = 0.0f;
+    for (int e = 0; e < E; e++) sum += sc[e];
+    for (int e = 0; e < E; e++) {
+        float p = sc[e] / sum;
+        if (p > 0.0f) h -= p * logf(p);
+    }
+    for (int k = 0; k < K; k++) mx = wts[(long)n * K + k] > mx ? wts[(long)n * K + k] : mx;
+    ent[n] = h;
+    top1[n] = mx;
 }
 
 // ---- C interface -----------------------------------------------------------------------------------
@@ -334,7 +400,33 @@ void cu_moe_scatter_add(float *dx, const float *dxe, const int *row_of, int N, i
 void cu_moe_gate_backward(float *dlogits, const float *dwts, const float *scores, const int *sel, int N, int E,
                           int K, int score_func, float route_scale) {
     LAUNCH(moe_gate_backward_kernel, ceil_div(N, 64), 64, 0, 0, dlogits, dwts, scores, sel, N, E, K, score_func,
-           route_scale);
+           route_scale, (const float *)NULL, 1, 0.0f, 0.0f);
+}
+
+void cu_moe_gate_backward_aux(float *dlogits, const float *dwts, const float *scores, const int *sel, int N, int E,
+                              int K, int score_func, float route_scale, const float *aux_f, int seg_len, int n_seg,
+                              float alpha, float aux_scale) {
+    float coef = alpha / ((float)seg_len * (float)n_seg);
+    LAUNCH(moe_gate_backward_kernel, ceil_div(N, 64), 64, 0, 0, dlogits, dwts, scores, sel, N, E, K, score_func,
+           route_scale, aux_f, seg_len, coef, aux_scale);
+}
+
+void cu_moe_aux_forward(float *aux_f, float *loss_acc, float *scratch, const float *scores, const int *sel, int n_seg,
+                        int seg_len, int E, int K, float alpha) {
+    int threads = ((E + 31) / 32) * 32;
+    LAUNCH(moe_aux_segment_kernel, n_seg, threads, 0, 0, aux_f, scratch, scores, sel, seg_len, E, K);
+    LAUNCH(sum_into_kernel, 1, 256, 0, 0, loss_acc, scratch, n_seg, alpha / (float)n_seg);
+}
+
+void cu_moe_routing_stats(float *ent_sum, float *top1_sum, float *scratch, const float *scores, const float *wts,
+                          int N, int E, int K) {
+    LAUNCH(moe_token_stats_kernel, ceil_div(N, 64), 64, 0, 0, scratch, scratch + N, scores, wts, N, E, K);
+    LAUNCH(sum_into_kernel, 1, 256, 0, 0, ent_sum, scratch, N, 1.0f);
+    LAUNCH(sum_into_kernel, 1, 256, 0, 0, top1_sum, scratch + N, N, 1.0f);
+}
+
+void cu_sum_into(float *acc, const float *x, int n, float scale) {
+    LAUNCH(sum_into_kernel, 1, 256, 0, 0, acc, x, n, scale);
 }
 
 }  // extern "C"
