@@ -84,7 +84,10 @@ static void quantize_nested(Nf4Tensor *t, const float *absmax) {
         int64_t b0 = g * t->nested_blocksize, b1 = b0 + t->nested_blocksize;
         if (b1 > t->n_blocks) b1 = t->n_blocks;
         float am = 0;
-        for (int64_t b = b0; b < b1; b++) am = fmaxf(am, fabsf(absmax[b] - t->nested_offset));
+        for (int64_t b = b0; b < b1; b++) {
+            float a = fabsf(absmax[b] - t->nested_offset);
+            am = a > am ? a : am;
+        }
         t->nested_absmax[g] = am;
         float amc = am < 1e-38f ? 1e-38f : am;
         int full = (b1 - b0) == t->nested_blocksize;
@@ -139,7 +142,10 @@ int nf4_quantize_raw(Nf4Tensor *t, const void *src, int src_dtype, int64_t rows,
             else
                 for (int j = 0; j < m; j++) v[j] = f16_to_f32((uint16_t)(p[2 * (i0 + j)] | (p[2 * (i0 + j) + 1] << 8)));
             float am = 0;
-            for (int j = 0; j < m; j++) am = fmaxf(am, fabsf(v[j]));
+            for (int j = 0; j < m; j++) {  // (a > am ? a : am vectorizes; fmaxf is a libm call here)
+                float a = fabsf(v[j]);
+                am = a > am ? a : am;
+            }
             absmax[b] = am;
             float amc = am < 1e-38f ? 1e-38f : am;
             float inv = 1.0f / amc;

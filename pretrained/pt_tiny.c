@@ -18,6 +18,10 @@ static void usage(FILE *fp) {
             "  --tokenizer 0|1  also train and write tokenizer.json (default 1)\n"
             "  --vocab V        vocabulary size, >= 300 with a tokenizer (default 320)\n"
             "  --seed S         (default 1)\n"
+            "  --hidden C       hidden size, a multiple of 16 (default 64)\n"
+            "  --layers L       blocks (default 3)\n"
+            "  --experts E      routed experts (default 8; qwen2_moe 6); top-K 2, 3, or 6 from 64 experts\n"
+            "  --moe-inter I    expert width (default 32)\n"
             "  -h, --help       this help\n");
 }
 
@@ -50,6 +54,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(f, "--tokenizer") && (x == 0 || x == 1)) o.tokenizer = (int)x;
         else if (!strcmp(f, "--vocab") && x >= 16 && x <= 1000000) o.vocab_size = (int)x;
         else if (!strcmp(f, "--seed") && x >= 0) o.seed = (uint64_t)x;
+        else if (!strcmp(f, "--hidden") && x >= 16 && x <= 65536) o.hidden = (int)x;
+        else if (!strcmp(f, "--layers") && x >= 1 && x <= 256) o.layers = (int)x;
+        else if (!strcmp(f, "--experts") && x >= 1 && x <= 1024) o.experts = (int)x;
+        else if (!strcmp(f, "--moe-inter") && x >= 1 && x <= 1000000) o.moe_inter = (int)x;
         else { usage(stderr); fprintf(stderr, "pt_tiny: error: bad flag or value: %s %s\n", f, v); return 1; }
     }
     if (!out) { usage(stderr); fprintf(stderr, "pt_tiny: error: --out DIR is required\n"); return 1; }

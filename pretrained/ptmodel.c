@@ -553,7 +553,7 @@ void pt_route(const PtModel *m, int l, const float *logits, int32_t *ids, float 
     float scores[4096], choice[4096];
     if (c->score_func == PT_SCORE_SOFTMAX) {
         float mx = -FLT_MAX;
-        for (int e = 0; e < E; e++) mx = fmaxf(mx, logits[e]);
+        for (int e = 0; e < E; e++) mx = logits[e] > mx ? logits[e] : mx;
         float s = 0;
         for (int e = 0; e < E; e++) s += (scores[e] = expf(logits[e] - mx));
         for (int e = 0; e < E; e++) scores[e] /= s;

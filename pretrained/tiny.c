@@ -8,8 +8,8 @@
 #include "nf4.h"
 #include "safetensors.h"
 
-// sizes of every tiny model (small, but with rows of whole 64-blocks and partial ones)
-enum { T_HIDDEN = 64, T_LAYERS = 3, T_HEADS = 4, T_HEAD_DIM = 16, T_INTER = 96, T_MOE_INTER = 32 };
+// default sizes of a tiny model (small, but with rows of whole 64-blocks and partial ones)
+enum { T_HIDDEN = 64, T_LAYERS = 3, T_MOE_INTER = 32, T_MAX_LAYERS = 256 };
 
 void pt_tiny_defaults(PtTinyOptions *o, int arch) {
     memset(o, 0, sizeof(*o));
@@ -19,6 +19,9 @@ void pt_tiny_defaults(PtTinyOptions *o, int arch) {
     o->q_lora = 1;
     o->vocab_size = 320;
     o->seed = 1;
+    o->hidden = T_HIDDEN;
+    o->layers = T_LAYERS;
+    o->moe_inter = T_MOE_INTER;
 }
 
 typedef struct {
@@ -26,6 +29,7 @@ typedef struct {
     const PtTinyOptions *o;
     uint64_t rng;
     int n_added;
+    int C;  // hidden size
     MoeErr *err;
     int failed;
 } Builder;
@@ -81,11 +85,11 @@ static void add_linear(Builder *b, const char *prefix, int64_t rows, int64_t col
 static void add_mlp(Builder *b, const char *prefix, int64_t width) {
     char name[350];
     snprintf(name, sizeof(name), "%s.gate_proj", prefix);
-    add_linear(b, name, width, T_HIDDEN, 0);
+    add_linear(b, name, width, b->C, 0);
     snprintf(name, sizeof(name), "%s.up_proj", prefix);
-    add_linear(b, name, width, T_HIDDEN, 0);
+    add_linear(b, name, width, b->C, 0);
     snprintf(name, sizeof(name), "%s.down_proj", prefix);
-    add_linear(b, name, T_HIDDEN, width, 0);
+    add_linear(b, name, b->C, width, 0);
 }
 
 static const char *tiny_texts[] = {
@@ -98,14 +102,19 @@ static const char *tiny_texts[] = {
 
 int pt_write_tiny(const char *dir, const PtTinyOptions *o, MoeErr *err) {
     if (make_dirs(dir, err) != 0) return -1;
-    const int V = o->vocab_size, C = T_HIDDEN, L = T_LAYERS, H = T_HEADS, hd = T_HEAD_DIM;
+    const int V = o->vocab_size, C = o->hidden, L = o->layers;
+    if (C < 16 || C % 16 || L < 1 || L > T_MAX_LAYERS || o->moe_inter < 1 || o->experts < 0 || o->experts > 1024)
+        return moe_err_set(err, "tiny model: hidden %d (a multiple of 16), layers %d (1..%d), moe_inter %d, experts %d", C, L,
+                           T_MAX_LAYERS, o->moe_inter, o->experts);
+    const int H = C >= 256 ? C / 64 : 4, hd = C / H, T_INTER = C + C / 2, T_MOE = o->moe_inter;
     char cfg[4096];
     int E = 0, K = 0;
-    int is_moe[T_LAYERS] = {0, 1, 1};
+    int is_moe[T_MAX_LAYERS];
+    for (int l = 0; l < L; l++) is_moe[l] = l > 0;
     // routed experts per arch, top-K, the rest of each config
     if (o->arch == PT_DEEPSEEK) {
-        E = 8;
-        K = 3;
+        E = o->experts ? o->experts : 8;
+        K = E >= 6 ? (E >= 64 ? 6 : 3) : 2;
         snprintf(cfg, sizeof(cfg),
                  "{\"architectures\": [\"DeepseekForCausalLM\"], \"model_type\": \"deepseek\", \"vocab_size\": %d,"
                  " \"hidden_size\": %d, \"intermediate_size\": %d, \"moe_intermediate_size\": %d,"
@@ -117,25 +126,27 @@ int pt_write_tiny(const char *dir, const PtTinyOptions *o, MoeErr *err) {
                  " \"rope_theta\": 10000.0, \"rope_scaling\": null, \"attention_bias\": false,"
                  " \"tie_word_embeddings\": false, \"bos_token_id\": 0, \"eos_token_id\": 1,"
                  " \"torch_dtype\": \"%s\"}\n",
-                 V, C, T_INTER, T_MOE_INTER, L, H, H / 2, E, K, o->dtype == ST_BF16 ? "bfloat16" : "float32");
+                 V, C, T_INTER, T_MOE, L, H, H / 2, E, K, o->dtype == ST_BF16 ? "bfloat16" : "float32");
     } else if (o->arch == PT_QWEN2_MOE) {
-        E = 6;
-        K = 2;
+        E = o->experts ? o->experts : 6;
+        K = E >= 4 ? 2 : 1;
         is_moe[0] = 1;  // decoder_sparse_step 1, mlp_only_layers [1]
-        is_moe[1] = 0;
+        if (L > 1) is_moe[1] = 0;
         snprintf(cfg, sizeof(cfg),
                  "{\"architectures\": [\"Qwen2MoeForCausalLM\"], \"model_type\": \"qwen2_moe\", \"vocab_size\": %d,"
                  " \"hidden_size\": %d, \"intermediate_size\": %d, \"moe_intermediate_size\": %d,"
-                 " \"shared_expert_intermediate_size\": 48, \"num_hidden_layers\": %d,"
+                 " \"shared_expert_intermediate_size\": %d, \"num_hidden_layers\": %d,"
                  " \"num_attention_heads\": %d, \"num_key_value_heads\": %d, \"num_experts\": %d,"
-                 " \"num_experts_per_tok\": %d, \"decoder_sparse_step\": 1, \"mlp_only_layers\": [1],"
+                 " \"num_experts_per_tok\": %d, \"decoder_sparse_step\": 1, \"mlp_only_layers\": %s,"
                  " \"norm_topk_prob\": true, \"hidden_act\": \"silu\", \"max_position_embeddings\": 256,"
                  " \"rms_norm_eps\": 1e-06, \"rope_theta\": 1000000.0, \"use_sliding_window\": false,"
                  " \"tie_word_embeddings\": false, \"bos_token_id\": 0, \"eos_token_id\": 1,"
                  " \"torch_dtype\": \"%s\"}\n",
-                 V, C, T_INTER, T_MOE_INTER, L, H, H / 2, E, K, o->dtype == ST_BF16 ? "bfloat16" : "float32");
+                 V, C, T_INTER, T_MOE, T_MOE + T_MOE / 2, L, H, H / 2, E, K, L > 1 ? "[1]" : "[]",
+                 o->dtype == ST_BF16 ? "bfloat16" : "float32");
     } else {
-        E = 8;
+        E = o->experts ? o->experts : 8;
+        if (E % 4) return moe_err_set(err, "tiny deepseek_v3: experts must be a multiple of the 4 groups");
         K = 3;
         char qlora[32];
         snprintf(qlora, sizeof(qlora), "%s", o->q_lora ? "24" : "null");
@@ -151,7 +162,7 @@ int pt_write_tiny(const char *dir, const PtTinyOptions *o, MoeErr *err) {
                  " \"rms_norm_eps\": 1e-06, \"rope_theta\": 10000.0, \"rope_scaling\": null,"
                  " \"attention_bias\": false, \"tie_word_embeddings\": false, \"bos_token_id\": 0,"
                  " \"eos_token_id\": 1, \"torch_dtype\": \"%s\"}\n",
-                 V, C, T_INTER, T_MOE_INTER, L, H, H, qlora, E, K, o->dtype == ST_BF16 ? "bfloat16" : "float32");
+                 V, C, T_INTER, T_MOE, L, H, H, qlora, E, K, o->dtype == ST_BF16 ? "bfloat16" : "float32");
     }
     char path[1200];
     snprintf(path, sizeof(path), "%s/config.json", dir);
@@ -164,6 +175,7 @@ int pt_write_tiny(const char *dir, const PtTinyOptions *o, MoeErr *err) {
     b.o = o;
     b.rng = rng_seed(o->seed);
     b.err = err;
+    b.C = C;
     char p[200], name[300];
     add_rand(&b, "model.embed_tokens.weight", V, C, 0.0f, 1.0f, 0);
     add_rand(&b, "model.norm.weight", C, 0, 1.0f, 0.1f, 0);
@@ -219,16 +231,16 @@ int pt_write_tiny(const char *dir, const PtTinyOptions *o, MoeErr *err) {
         }
         for (int e = 0; e < E; e++) {
             snprintf(name, sizeof(name), "%s.mlp.experts.%d", p, e);
-            add_mlp(&b, name, T_MOE_INTER);
+            add_mlp(&b, name, T_MOE);
         }
         if (o->arch == PT_QWEN2_MOE) {
             snprintf(name, sizeof(name), "%s.mlp.shared_expert", p);
-            add_mlp(&b, name, 48);
+            add_mlp(&b, name, T_MOE + T_MOE / 2);
             snprintf(name, sizeof(name), "%s.mlp.shared_expert_gate.weight", p);
             add_rand(&b, name, 1, C, 0.0f, 1.0f / sqrtf((float)C), 0);
         } else {
             snprintf(name, sizeof(name), "%s.mlp.shared_experts", p);
-            add_mlp(&b, name, (o->arch == PT_DEEPSEEK ? 2 : 1) * T_MOE_INTER);
+            add_mlp(&b, name, (o->arch == PT_DEEPSEEK ? 2 : 1) * T_MOE);
         }
     }
     (void)K;

@@ -17,6 +17,10 @@ typedef struct {
     int tokenizer;   // 1: also train and write a byte-level BPE tokenizer.json of vocab_size entries
     int vocab_size;  // >= 300 with tokenizer (256 bytes + merges + specials)
     uint64_t seed;
+    int hidden;      // hidden size, a multiple of 16 (default 64; heads: 4, or hidden/64 from 256)
+    int layers;      // blocks (default 3): deepseek(_v3) layer 0 dense, qwen2_moe layer 1 dense
+    int experts;     // routed experts (0: 8, or 6 for qwen2_moe); top-K follows (6 from 64 experts)
+    int moe_inter;   // expert width (default 32)
 } PtTinyOptions;
 
 void pt_tiny_defaults(PtTinyOptions *o, int arch);
