@@ -5,8 +5,8 @@
 // and what the caller asks for (grad norm, routing loads).
 // Supported: MLA (with or without q_lora), dense and MoE layers, shared experts, group-limited
 // routing, sigmoid/softmax gates, capacity, every balance mode (bias, sequence-wise and batch
-// auxiliary losses), routing statistics. Not yet: MTP (cuda_model_create refuses it with a
-// message), bf16/fp16 whole-model training (the bf16 kernels exist in cuda_ops.h).
+// auxiliary losses), MTP depth 1, routing statistics. Not yet: bf16/fp16 whole-model training
+// (the bf16 kernels exist in cuda_ops.h), MTP depth > 1 (refused with a message).
 #ifndef MOE_CUDA_MODEL_H
 #define MOE_CUDA_MODEL_H
 
@@ -27,6 +27,7 @@ size_t cuda_model_num_params(const CudaModel *m);
 void cuda_model_upload_params(CudaModel *m, const float *params);
 void cuda_model_download_params(const CudaModel *m, float *params);
 void cuda_model_download_grads(const CudaModel *m, float *grads);
+void cuda_model_upload_grads(CudaModel *m, const float *grads);
 void cuda_model_download_adam(const CudaModel *m, float *mm, float *vv);
 // balancing bias (n_blocks, E), as Model.bias
 void cuda_model_upload_bias(CudaModel *m, const float *bias);
@@ -47,8 +48,8 @@ void cuda_model_routing_reset(CudaModel *m);
 // weight (any pointer may be NULL); returns n_moe
 int cuda_model_routing_stats(const CudaModel *m, int i, float *load, float *dropped, float *entropy_sum,
                              float *top1_sum);
-// the parts of the last forward's loss: main cross-entropy and the balancing losses
-void cuda_model_losses(const CudaModel *m, float *ce, float *aux);
+// the parts of the last forward's loss: main cross-entropy, balancing losses, MTP cross-entropy
+void cuda_model_losses(const CudaModel *m, float *ce, float *aux, float *mtp);
 
 #ifdef __cplusplus
 }

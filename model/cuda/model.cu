@@ -36,8 +36,12 @@ struct CudaModel {
     float *stats;      // (n_moe, 2): entropy sum, top-1 weight sum
     float *stats_scr;  // 2N
     float *seg_scr;    // B_max + 1
+    // MTP (depth 1)
+    float *mtp_emb, *mtp_en, *mtp_en_rstd, *mtp_hn, *mtp_hn_rstd, *mtp_cat, *mtp_x_out, *mtp_ln, *mtp_ln_rstd;
+    float *mtp_logits, *mtp_lse, *dmx, *dmln, *dcat, *den, *dhn, *demb;
+    int *mtp_targets, *mtp_emb_tok;
     // last forward
-    float ce_loss, aux_loss;
+    float ce_loss, aux_loss, mtp_loss;
     // last forward
     int B, T, n_valid;
     float loss;
@@ -97,6 +101,27 @@ __global__ void assemble_kv_backward_kernel(float *dkv, float *dkva, const float
         for (int h = 0; h < H; h++) s += dkf[(n * H + h) * dqk + nope + j];
         dkva[n * (kvr + rope) + kvr + j] += s;
     }
+}
+
+// dst[n, dst_off + j] = src[n, src_off + j] for j < W (strided row blocks)
+__global__ void copy_cols_kernel(float *dst, int dst_stride, int dst_off, const float *src, int src_stride, int src_off,
+                                 int N, int W) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long)N * W) return;
+    long n = i / W;
+    int j = (int)(i % W);
+    dst[n * dst_stride + dst_off + j] = src[n * src_stride + src_off + j];
+}
+static void copy_cols(float *dst, int dst_stride, int dst_off, const float *src, int src_stride, int src_off, int N,
+                      int W) {
+    LAUNCH(copy_cols_kernel, ceil_div((long)N * W, 256), 256, 0, 0, dst, dst_stride, dst_off, src, src_stride, src_off,
+           N, W);
+}
+
+// rows n with mask[n] < 0 set to zero
+__global__ void zero_masked_rows_kernel(float *x, const int *mask, int N, int C) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < (long)N * C && mask[i / C] < 0) x[i] = 0.0f;
 }
 
 // ---- create / free ------------------------------------------------------------------------
@@ -170,7 +195,7 @@ int cuda_model_create(CudaModel **out, const ModelConfig *cfg, int B_max, int T_
     if (cfg->n_layers + cfg->mtp_depth > 63) return moe_err_set(err, "config: n_layers too large (max 63)");
     if (B_max <= 0 || T_max <= 0 || T_max > cfg->max_seq_len)
         return moe_err_set(err, "cuda model: batch %d x %d is invalid (max_seq_len %d)", B_max, T_max, cfg->max_seq_len);
-    if (cfg->mtp_depth > 0) return moe_err_set(err, "cuda model: MTP (mtp_depth > 0) is not implemented on the GPU yet");
+    if (cfg->mtp_depth > 1) return moe_err_set(err, "cuda model: MTP depth above 1 is not implemented");
     if (cfg->n_routed_experts > 256 || cfg->top_k > 16 || cfg->n_expert_groups > 64)
         return moe_err_set(err, "cuda model: at most 256 routed experts, top_k 16, 64 expert groups");
     if (cfg_qk_head_dim(cfg) > 256 || cfg->v_head_dim > 256)
@@ -242,9 +267,18 @@ int cuda_model_create(CudaModel **out, const ModelConfig *cfg, int B_max, int T_
     m->loss_dev = dalloc(4);  // [0] unused, [1] cross-entropy, [2] balancing losses
     m->norm_dev = dalloc(1);
     m->norm_scr = dalloc(1024);
-    m->n_valid_dev = ialloc(1);
+    m->n_valid_dev = ialloc(2);  // main, MTP
     m->load = dalloc((size_t)(m->n_moe > 0 ? m->n_moe : 1) * E);
     m->dropped = dalloc(m->n_moe > 0 ? m->n_moe : 1);
+    if (c->mtp_depth > 0) {
+        m->mtp_emb = dalloc(N * C), m->mtp_en = dalloc(N * C), m->mtp_en_rstd = dalloc(N);
+        m->mtp_hn = dalloc(N * C), m->mtp_hn_rstd = dalloc(N), m->mtp_cat = dalloc(N * 2 * C);
+        m->mtp_x_out = dalloc(N * C), m->mtp_ln = dalloc(N * C), m->mtp_ln_rstd = dalloc(N);
+        m->mtp_logits = dalloc(N * V), m->mtp_lse = dalloc(N);
+        m->mtp_targets = ialloc(N), m->mtp_emb_tok = ialloc(N);
+        m->dmx = dalloc(N * C), m->dmln = dalloc(N * C), m->dcat = dalloc(N * 2 * C);
+        m->den = dalloc(N * C), m->dhn = dalloc(N * C), m->demb = dalloc(N * C);
+    }
     m->stats = dalloc(2 * (size_t)(m->n_moe > 0 ? m->n_moe : 1));
     m->stats_scr = dalloc(2 * N);
     m->seg_scr = dalloc((size_t)B_max + 1);
@@ -260,7 +294,9 @@ void cuda_model_free(CudaModel *m) {
                     m->dkva, m->dckvn, m->dln1, m->dqan, m->dqa, m->att_scr, m->dg, m->dh1, m->dh3, m->dsg, m->dsh1,
                     m->dsh3, m->dey, m->dxe, m->deg, m->deh1, m->deh3, m->dwts, m->dlogits, m->ce_scr, m->loss_dev,
                     m->norm_dev, m->norm_scr, m->n_valid_dev, m->load, m->dropped, m->stats, m->stats_scr,
-                    m->seg_scr};
+                    m->seg_scr, m->mtp_emb, m->mtp_en, m->mtp_en_rstd, m->mtp_hn, m->mtp_hn_rstd, m->mtp_cat,
+                    m->mtp_x_out, m->mtp_ln, m->mtp_ln_rstd, m->mtp_logits, m->mtp_lse, m->mtp_targets,
+                    m->mtp_emb_tok, m->dmx, m->dmln, m->dcat, m->den, m->dhn, m->demb};
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) cu_free(ptrs[i]);
     free(m->tensors);
     free(m);
@@ -272,6 +308,9 @@ void cuda_model_upload_params(CudaModel *m, const float *params) {
 }
 void cuda_model_download_params(const CudaModel *m, float *params) {
     cu_download(params, m->params, sizeof(float) * m->num_params);
+}
+void cuda_model_upload_grads(CudaModel *m, const float *grads) {
+    cu_upload(m->grads, grads, sizeof(float) * m->num_params);
 }
 void cuda_model_download_grads(const CudaModel *m, float *grads) {
     cu_download(grads, m->grads, sizeof(float) * m->num_params);
@@ -509,16 +548,41 @@ float cuda_model_forward(CudaModel *m, const int *inputs, const int *targets, in
     }
     cu_rmsnorm_forward(m->lnf, m->lnf_rstd, m->x_final, C, m->p.final_norm, N, C, c->norm_eps);
     cu_matmul_forward(m->logits, m->lnf, m->p.lm_head, N, C, V);
-    m->loss = m->ce_loss = m->aux_loss = 0.0f;
+    m->loss = m->ce_loss = m->aux_loss = m->mtp_loss = 0.0f;
     m->n_valid = 0;
     if (!targets) return 0.0f;
     cu_upload(m->targets, targets, sizeof(int) * (size_t)N);
     cu_crossentropy_forward(m->lse, m->loss_dev + 1, m->n_valid_dev, m->ce_scr, m->logits, m->targets, N, V);
+    if (c->mtp_depth > 0) {
+        // MTP depth 1: h'_i = eh_proj [enorm(emb(t_{i+1})); hnorm(h_i)] -> block -> norm -> head -> t_{i+2}
+        int *tok = (int *)mallocCheck(sizeof(int) * 2 * (size_t)N);
+        for (int n = 0; n < N; n++) {
+            int t = n % T;
+            tok[n] = targets[n] >= 0 ? targets[n] : 0;
+            tok[N + n] = (t + 1 < T && targets[n] >= 0) ? targets[n + 1] : -1;
+        }
+        cu_upload(m->mtp_emb_tok, tok, sizeof(int) * (size_t)N);
+        cu_upload(m->mtp_targets, tok + N, sizeof(int) * (size_t)N);
+        free(tok);
+        cu_encoder_forward(m->mtp_emb, m->mtp_emb_tok, m->p.wte, N, C);
+        cu_rmsnorm_forward(m->mtp_en, m->mtp_en_rstd, m->mtp_emb, C, m->p.mtp_enorm, N, C, c->norm_eps);
+        cu_rmsnorm_forward(m->mtp_hn, m->mtp_hn_rstd, m->x_final, C, m->p.mtp_hnorm, N, C, c->norm_eps);
+        copy_cols(m->mtp_cat, 2 * C, 0, m->mtp_en, C, 0, N, C);
+        copy_cols(m->mtp_cat, 2 * C, C, m->mtp_hn, C, 0, N, C);
+        cu_matmul_forward(m->acts[L].x_in, m->mtp_cat, m->p.mtp_proj, N, 2 * C, C);
+        block_forward(m, L, m->mtp_x_out, B, T);
+        cu_rmsnorm_forward(m->mtp_ln, m->mtp_ln_rstd, m->mtp_x_out, C, m->p.mtp_norm, N, C, c->norm_eps);
+        cu_matmul_forward(m->mtp_logits, m->mtp_ln, m->p.lm_head, N, C, V);
+        cu_crossentropy_forward(m->mtp_lse, m->loss_dev + 3, m->n_valid_dev + 1, m->ce_scr, m->mtp_logits,
+                                m->mtp_targets, N, V);
+    }
     float l[4];
     cu_download(l, m->loss_dev, sizeof l);  // the one device-to-host copy of the step
     m->ce_loss = l[1];
     m->aux_loss = l[2];
+    m->mtp_loss = l[3];
     m->loss = m->ce_loss;
+    if (c->mtp_depth > 0) m->loss += c->mtp_lambda * m->mtp_loss;
     m->loss += m->aux_loss;
     return m->loss;
 }
@@ -531,6 +595,24 @@ void cuda_model_backward(CudaModel *m) {
     cu_crossentropy_backward(m->logits, m->lse, m->targets, N, V, 1.0f, m->n_valid_dev);
     cu_matmul_backward(m->dlnf, m->g.lm_head, m->logits, m->lnf, m->p.lm_head, N, C, V);
     cu_rmsnorm_backward(m->dx, C, m->g.final_norm, m->dlnf, m->x_final, C, m->p.final_norm, m->lnf_rstd, N, C);
+    if (c->mtp_depth > 0) {
+        cu_zero(m->dmx, sizeof(float) * (size_t)N * C);
+        cu_zero(m->dmln, sizeof(float) * (size_t)N * C);
+        cu_crossentropy_backward(m->mtp_logits, m->mtp_lse, m->mtp_targets, N, V, c->mtp_lambda, m->n_valid_dev + 1);
+        cu_matmul_backward(m->dmln, m->g.lm_head, m->mtp_logits, m->mtp_ln, m->p.lm_head, N, C, V);
+        cu_rmsnorm_backward(m->dmx, C, m->g.mtp_norm, m->dmln, m->mtp_x_out, C, m->p.mtp_norm, m->mtp_ln_rstd, N, C);
+        block_backward(m, L, m->dmx);  // dmx is now the gradient of the MTP block input
+        cu_zero(m->dcat, sizeof(float) * (size_t)N * 2 * C);
+        cu_matmul_backward(m->dcat, m->g.mtp_proj, m->dmx, m->mtp_cat, m->p.mtp_proj, N, 2 * C, C);
+        copy_cols(m->den, C, 0, m->dcat, 2 * C, 0, N, C);
+        copy_cols(m->dhn, C, 0, m->dcat, 2 * C, C, N, C);
+        cu_zero(m->demb, sizeof(float) * (size_t)N * C);
+        cu_rmsnorm_backward(m->demb, C, m->g.mtp_enorm, m->den, m->mtp_emb, C, m->p.mtp_enorm, m->mtp_en_rstd, N, C);
+        cu_rmsnorm_backward(m->dx, C, m->g.mtp_hnorm, m->dhn, m->x_final, C, m->p.mtp_hnorm, m->mtp_hn_rstd, N, C);
+        // tokens whose target was ignored used a placeholder embedding: no gradient through it
+        LAUNCH(zero_masked_rows_kernel, ceil_div((long)N * C, 256), 256, 0, 0, m->demb, m->targets, N, C);
+        cu_encoder_backward(m->g.wte, m->demb, m->mtp_emb_tok, N, C);
+    }
     for (int l = L - 1; l >= 0; l--) block_backward(m, l, m->dx);
     cu_encoder_backward(m->g.wte, m->dx, m->inputs, N, C);
 }
@@ -571,9 +653,10 @@ void cuda_model_routing_reset(CudaModel *m) {
     cu_zero(m->stats, sizeof(float) * 2 * (size_t)(m->n_moe > 0 ? m->n_moe : 1));
 }
 
-void cuda_model_losses(const CudaModel *m, float *ce, float *aux) {
+void cuda_model_losses(const CudaModel *m, float *ce, float *aux, float *mtp) {
     if (ce) *ce = m->ce_loss;
     if (aux) *aux = m->aux_loss;
+    if (mtp) *mtp = m->mtp_loss;
 }
 
 int cuda_model_routing_stats(const CudaModel *m, int i, float *load, float *dropped, float *entropy_sum,
