@@ -50,3 +50,18 @@ PROGRAMS += bench_nf4
 bench_nf4_SRCS := pretrained/bench_nf4.c
 bench_nf4_MODS := pretrained common
 SHELL_TESTS += tests/test_collect_export.sh
+
+# CUDA NF4 kernels (pretrained/nf4_cuda.cu): tested through the CUDA-on-CPU harness of
+# model/cuda/module.mk (g++ build, no GPU needed) when the CUDA headers exist; nvcc compile
+# check in tests/test_collect_nvcc.sh.
+PT_CUDA_HOME := $(or $(CUDA_HOME),/usr/local/cuda)
+ifneq ($(wildcard $(PT_CUDA_HOME)/include/cuda_runtime.h),)
+$(BUILD)/lib/libpretrainedcuh.a: $(BUILD)/cuh/pretrained/nf4_cuda.o
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+TEST_PROGS += test_nf4_cuda
+test_nf4_cuda_SRCS := tests/test_nf4_cuda.c
+test_nf4_cuda_MODS := pretrainedcuh cudahrt pretrained tokenizer common
+$(BUILD)/tests/test_nf4_cuda: LDLIBS += -lstdc++
+endif
+SHELL_TESTS += tests/test_collect_nvcc.sh
