@@ -4,6 +4,7 @@
 // update, and a second step that uses the updated biases. Through the CUDA-on-CPU harness in
 // make test, on a real GPU in make test-gpu.
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -136,6 +137,9 @@ static void run_case(const char *name, ModelConfig *c, int B, int T) {
 }
 
 int main(void) {
+    // tiny sizes: one OpenMP thread (idle OpenMP workers spinning between the CPU reference's
+    // calls would take the cores from the harness's fibers)
+    omp_set_num_threads(1);
     printf("# backend %s\n", cu_backend());
     ModelConfig c;
     config_tiny(&c);  // q_lora, shared experts, 3 groups of 2, top-2, sigmoid
