@@ -513,9 +513,9 @@ static void offload(const Opts *o, const SpecData *sd, const CacheInput *ci) {
 
 static void plot_recall(const Opts *o, const SpecData *sd, Metrics *mt) {
     MoeErr err;
-    int W = 520 * sd->D, Hh = 480;
+    int W = 520 * sd->D, Hh = 480, legend_h = 40;
     Canvas cv;
-    if (canvas_init(&cv, W, Hh, RGB_WHITE, &err)) {
+    if (canvas_init(&cv, W, Hh + legend_h, RGB_WHITE, &err)) {
         printf("chart skipped: %s\n", err.msg);
         return;
     }
@@ -544,7 +544,16 @@ static void plot_recall(const Opts *o, const SpecData *sd, Metrics *mt) {
             cols[nn++] = c;
         }
         axes_hline(&ax, random_recall_k(sd->E, sd->K), RGB_AXIS, 1.0f, 1);
-        axes_legend(&ax, names, cols, NULL, nn, 1);
+        if (d == 1) {  // one legend row under the panels (inside a panel it would hide the lines)
+            float x0 = 20, y0 = (float)Hh + legend_h / 2.0f;
+            for (int j = 0; j < nn; j++) {
+                canvas_line(&cv, x0, y0, x0 + 24, y0, cols[j], 3.0f);
+                canvas_text(&cv, x0 + 30, y0, names[j], 14, RGB_TEXT, TEXT_LEFT, TEXT_MIDDLE, 0);
+                x0 += 30 + text_width(names[j], 14, 0) + 28;
+            }
+            canvas_dashed_line(&cv, x0, y0, x0 + 24, y0, RGB_AXIS, 1.0f, 5, 4);
+            canvas_text(&cv, x0 + 30, y0, "random K/E", 14, RGB_TEXT, TEXT_LEFT, TEXT_MIDDLE, 0);
+        }
     }
     char path[1200];
     snprintf(path, sizeof path, "%s/recall_per_layer.png", o->out);
@@ -579,10 +588,9 @@ static void plot_hit_rate(const Opts *o, const SpecData *sd, const CacheInput *c
     Axes ax = axes_in_box(&cv, 0, 0, 900, 560);
     axes_set_x(&ax, K, E);
     axes_set_y(&ax, 0, 1.02);
-    char title[160];
-    snprintf(title, sizeof title, "expert cache hit rate (resident or in flight), %s; Belady: optimal demand-only",
-             scen_name);
-    axes_draw(&ax, title, "cache size C (experts per layer)", "hit rate");
+    char xlabel[200];
+    snprintf(xlabel, sizeof xlabel, "cache size C (experts per layer); sizes and timings: %s", scen_name);
+    axes_draw(&ax, "expert cache hit rate (resident or in flight) on the test tokens", xlabel, "hit rate");
     double x[64];
     for (int j = 0; j < ns; j++) x[j] = sizes[j];
     const char *names[4];
@@ -597,6 +605,7 @@ static void plot_hit_rate(const Opts *o, const SpecData *sd, const CacheInput *c
     }
     axes_vline(&ax, Cscn, RGB_AXIS, 1.0f, 1, "scenario C");
     axes_legend(&ax, names, cols, NULL, nn, 0);
+    (void)z;
     char path[1200];
     snprintf(path, sizeof path, "%s/hit_rate_vs_cache.png", o->out);
     if (canvas_write_png(&cv, path, &err)) printf("chart not written: %s\n", err.msg);
