@@ -688,7 +688,15 @@ int main(void) {
     // calls would take the cores from the harness's fibers)
     omp_set_num_threads(1);
     rng = rng_seed(1234);
-    printf("# backend %s\n", cu_backend());
+    char dev[256];
+    size_t free_b = 0, total_b = 0;
+    int ndev = cu_device_info(dev, sizeof dev, &free_b, &total_b);
+    printf("# backend %s, %d device(s): %s, %.0f MiB free of %.0f MiB\n", cu_backend(), ndev, dev,
+           free_b / 1048576.0, total_b / 1048576.0);
+    if (ndev < 1) {
+        test_skip("cuda_kernels", "no CUDA device visible");
+        return test_summary();
+    }
     test_encoder();
     test_rmsnorm();
     test_rope();

@@ -141,6 +141,10 @@ int main(void) {
     // calls would take the cores from the harness's fibers)
     omp_set_num_threads(1);
     printf("# backend %s\n", cu_backend());
+    if (cu_device_info(NULL, 0, NULL, NULL) < 1) {
+        test_skip("cuda_model", "no CUDA device visible");
+        return test_summary();
+    }
     ModelConfig c;
     config_tiny(&c);  // q_lora, shared experts, 3 groups of 2, top-2, sigmoid
     c.balance = BALANCE_BIAS;

@@ -23,6 +23,9 @@ void cu_zero(void *p, size_t bytes);
 void cu_sync(void);
 // "cuda" (nvcc build) or "cuda-harness" (g++ build through tests/cuda_harness)
 const char *cu_backend(void);
+// number of visible devices (0 when none or no driver: the caller falls back to the CPU, and
+// nothing is printed); name, free and total memory of device 0. Any output pointer may be NULL.
+int cu_device_info(char *name, size_t name_len, size_t *free_bytes, size_t *total_bytes);
 
 // ---- GEMM (row-major, the semantics of common/gemm.h; cuBLAS under nvcc, the CPU gemm()
 // under the harness) -------------------------------------------------------------------------

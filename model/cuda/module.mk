@@ -31,7 +31,7 @@ HX_CXXFLAGS := -x c++ -std=c++17 $(OPT) -Wall -Wextra -fopenmp -DMOE_CUDA_HARNES
 
 ifneq ($(HAVE_CUDA_HEADERS),)
 # .cu -> host object through the harness
-$(BUILD)/cuh/%.o: %.cu tests/cuda_harness/cuda_harness.h
+$(BUILD)/cuh/%.o: %.cu tests/cuda_harness/cuda_harness.h $(wildcard model/cuda/*.cuh)
 	@mkdir -p $(dir $@)
 	$(CXX) $(CPPFLAGS) $(HX_CXXFLAGS) -c $< -o $@
 
@@ -72,7 +72,8 @@ SHELL_TESTS += tests/test_cuda_nvcc.sh
 .PHONY: cuda test-gpu
 CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublas
 
-$(BUILD)/nvcc-fat/%.o: %.cu
+CUDA_HDRS := $(wildcard model/cuda/*.cuh model/cuda/*.h) model/layer_math.h model/model.h model/config.h
+$(BUILD)/nvcc-fat/%.o: %.cu $(CUDA_HDRS)
 	@test -n "$(NVCC)" || { echo "error: nvcc not found (set CUDA_HOME or NVCC)"; exit 1; }
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCC_FLAGS) $(CUDA_GENCODE) -I. -c $< -o $@

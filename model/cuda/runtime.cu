@@ -35,6 +35,27 @@ void cu_download(void *dst, const void *src, size_t bytes) {
 void cu_zero(void *p, size_t bytes) { cudaCheck(cudaMemsetAsync(p, 0, bytes, 0)); }
 void cu_sync(void) { cudaCheck(cudaDeviceSynchronize()); }
 
+int cu_device_info(char *name, size_t name_len, size_t *free_bytes, size_t *total_bytes) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n < 1) {
+        cudaGetLastError();  // clear the sticky "no device" error
+        if (name && name_len) name[0] = 0;
+        return 0;
+    }
+#if defined(MOE_CUDA_HARNESS)
+    if (name && name_len) snprintf(name, name_len, "CUDA-on-CPU harness");
+#else
+    cudaDeviceProp prop;
+    if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) return 0;
+    if (name && name_len) snprintf(name, name_len, "%s", prop.name);
+#endif
+    size_t f = 0, t = 0;
+    if (cudaMemGetInfo(&f, &t) != cudaSuccess) return 0;
+    if (free_bytes) *free_bytes = f;
+    if (total_bytes) *total_bytes = t;
+    return n;
+}
+
 #if defined(MOE_CUDA_HARNESS)
 const char *cu_backend(void) { return "cuda-harness"; }
 
