@@ -134,6 +134,7 @@ int spec_train(SpecModel *m, const SpecData *sd, const SpecTrainOpts *o, SpecTra
         if (o->verbose)
             printf("  epoch %2d  train loss %.4f  %s recall@K %.4f%s\n", ep, log->train_loss,
                    use_val ? "val" : "train", val, val > log->best_val_recall ? "  (best)" : "");
+        if (o->verbose) fflush(stdout);
         if (val > log->best_val_recall) {
             log->best_val_recall = val;
             log->best_epoch = ep;
