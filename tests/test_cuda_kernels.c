@@ -708,6 +708,12 @@ int main(void) {
     test_route("cuda_moe_route_sigmoid_bias_groups", 12, 3, 4, 2, SCORE_SIGMOID, 1);
     test_route("cuda_moe_route_sigmoid_nobias_groups", 12, 3, 4, 2, SCORE_SIGMOID, 0);
     test_route("cuda_moe_route_softmax", 9, 2, 1, 1, SCORE_SOFTMAX, 0);
+    test_begin("cuda_moe_route_rejects_unsupported_sizes");
+    CHECK(cu_moe_route(NULL, NULL, NULL, NULL, 4, 300, 2, 1, 1, 0, 1.0f) != 0, "E 300 accepted");
+    CHECK(cu_moe_route(NULL, NULL, NULL, NULL, 4, 8, 9, 1, 1, 0, 1.0f) != 0, "K > E accepted");
+    CHECK(cu_moe_route(NULL, NULL, NULL, NULL, 4, 10, 2, 3, 1, 0, 1.0f) != 0, "E not divisible by groups accepted");
+    CHECK(cu_moe_route(NULL, NULL, NULL, NULL, 4, 8, 2, 4, 5, 0, 1.0f) != 0, "limited groups > groups accepted");
+    test_end();
     test_moe_ffn("cuda_moe_ffn_fwd_bwd_dropless", 6, 2, 3, 2, SCORE_SIGMOID, 0.0f);
     test_moe_ffn("cuda_moe_ffn_fwd_bwd_capacity", 5, 2, 1, 1, SCORE_SOFTMAX, 0.6f);
     test_optim();
