@@ -486,6 +486,26 @@ static void test_optim(void) {
     CHECK_CLOSE(norm, sqrt(ss), 0.0, 1e-5, "norm");
     test_end();
 
+    test_begin("cuda_nonfinite_flag");
+    int flag = 0, *d_flag = (int *)cu_malloc(sizeof(int));
+    cu_zero(d_flag, sizeof(int));
+    cu_nonfinite_flag(d_flag, d_g, n);
+    cu_download(&flag, d_flag, sizeof(int));
+    CHECK(flag == 0, "finite values flagged");
+    float bad_vals[2] = {NAN, -INFINITY};
+    for (int b = 0; b < 2; b++) {
+        float *tmp = dup_buf(g, n);
+        tmp[n - 2 - b * 30000] = bad_vals[b];
+        float *d_tmp = (float *)to_dev(tmp, sizeof(float) * n);
+        cu_zero(d_flag, sizeof(int));
+        cu_nonfinite_flag(d_flag, d_tmp, n);
+        cu_download(&flag, d_flag, sizeof(int));
+        CHECK(flag == 1, "%s not flagged", b ? "-inf" : "NaN");
+        cu_free(d_tmp), free(tmp);
+    }
+    cu_free(d_flag);
+    test_end();
+
     test_begin("cuda_adamw");
     float *p = rand_buf(n, 1.0f), *m = rand_buf(n, 0.01f), *v = rand_buf(n, 0.01f);
     for (size_t i = 0; i < n; i++) v[i] = fabsf(v[i]);

@@ -74,6 +74,10 @@ static void run_case(const char *name, ModelConfig *c, int B, int T) {
             in[n] = (int)(rng_next_u64(&rng) % (uint64_t)c->vocab_size);
             tg[n] = n % 5 == 4 ? -1 : (int)(rng_next_u64(&rng) % (uint64_t)c->vocab_size);
         }
+        // step 2 runs with a loss scale (as fp16 training does): gradients come out scaled
+        float gscale = step == 2 ? 256.0f : 1.0f;
+        cpu.grad_scale = gscale;
+        cuda_model_set_grad_scale(gm, gscale);
         routing_stats_reset(&cpu);
         cuda_model_routing_reset(gm);
         model_zero_grad(&cpu);
@@ -93,7 +97,8 @@ static void run_case(const char *name, ModelConfig *c, int B, int T) {
         model_backward(&cpu);
         cuda_model_backward(gm);
         cuda_model_download_grads(gm, buf);
-        check_tensors("grad", &cpu, buf, cpu.grads, 1e-6, 2e-3);
+        check_tensors("grad", &cpu, buf, cpu.grads, 1e-6 * gscale, 2e-3);
+        CHECK(cuda_model_grads_nonfinite(gm) == 0, "step %d: finite gradients flagged", step);
         float nc = model_grad_norm(&cpu), ng = cuda_model_grad_norm(gm);
         CHECK(fabsf(nc - ng) <= 1e-5f * nc + 1e-7f, "step %d grad norm: cuda %.9g cpu %.9g", step, ng, nc);
         // routing loads
@@ -113,8 +118,8 @@ static void run_case(const char *name, ModelConfig *c, int B, int T) {
         // element, so the rounding differences of tiny gradients would otherwise move parameters by
         // a good fraction of lr; this way the update itself is compared tightly
         cuda_model_upload_grads(gm, cpu.grads);
-        model_adamw(&cpu, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, step);
-        cuda_model_adamw(gm, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, step);
+        model_adamw(&cpu, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f / gscale, step);
+        cuda_model_adamw(gm, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f / gscale, step);
         cuda_model_download_params(gm, buf);
         check_tensors("param", &cpu, buf, cpu.params, 1e-7, 1e-6);
         cuda_model_download_adam(gm, buf, buf2);
@@ -130,6 +135,15 @@ static void run_case(const char *name, ModelConfig *c, int B, int T) {
         cuda_model_download_params(gm, buf);
         cuda_model_upload_params(gm, cpu.params);
     }
+    // an inf/NaN gradient is flagged (fp16 loss scaling skips such a step)
+    memcpy(buf, cpu.grads, sizeof(float) * np);
+    buf[np / 3] = NAN;
+    cuda_model_upload_grads(gm, buf);
+    CHECK(cuda_model_grads_nonfinite(gm) == 1, "NaN gradient not flagged");
+    buf[np / 3] = 0.0f;
+    buf[np - 1] = INFINITY;
+    cuda_model_upload_grads(gm, buf);
+    CHECK(cuda_model_grads_nonfinite(gm) == 1, "inf gradient not flagged");
     free(in), free(tg), free(buf), free(buf2), free(bias);
     cuda_model_free(gm);
     model_free(&cpu);

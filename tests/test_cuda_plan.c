@@ -67,5 +67,14 @@ int main(void) {
     CHECK(gpu_peak_tflops("Some Future GPU", PREC_BF16) < 0, "unknown must be -1");
     CHECK(fabs(gpu_mfu(12.8e12, "NVIDIA GeForce RTX 3060", PREC_BF16) - 0.5) < 1e-9, "mfu");
     test_end();
+    test_begin("loss_scaler_dynamic");
+    LossScaler ls;
+    loss_scaler_init(&ls, 1024.0f, 3);
+    CHECK(loss_scaler_update(&ls, 1) == 0 && ls.scale == 512.0f && ls.skipped == 1, "overflow must skip and halve");
+    CHECK(loss_scaler_update(&ls, 0) == 1 && loss_scaler_update(&ls, 0) == 1 && ls.scale == 512.0f, "no growth yet");
+    CHECK(loss_scaler_update(&ls, 0) == 1 && ls.scale == 1024.0f && ls.good_steps == 0, "growth after 3 good steps");
+    for (int i = 0; i < 40; i++) loss_scaler_update(&ls, 1);
+    CHECK(ls.scale == 1.0f, "scale must not go below 1: %g", ls.scale);
+    test_end();
     return test_summary();
 }

@@ -37,6 +37,11 @@ void cuda_model_download_bias(const CudaModel *m, float *bias);
 float cuda_model_forward(CudaModel *m, const int *inputs, const int *targets, int B, int T);
 void cuda_model_backward(CudaModel *m);
 void cuda_model_zero_grad(CudaModel *m);
+// loss scale of the following backward passes (Model.grad_scale of the CPU model): gradients
+// come out multiplied by it; pass 1/scale as grad_scale to cuda_model_adamw
+void cuda_model_set_grad_scale(CudaModel *m, float scale);
+// 1 when any gradient is inf or NaN (one device-to-host copy of an int)
+int cuda_model_grads_nonfinite(CudaModel *m);
 float cuda_model_grad_norm(CudaModel *m);
 void cuda_model_adamw(CudaModel *m, float lr, float beta1, float beta2, float eps, float weight_decay,
                       float grad_scale, int t);

@@ -133,6 +133,8 @@ void cu_global_norm(float *out, const float *g, size_t n, float *scratch);
 // AdamW on a contiguous range (one tensor): lm_adamw of model/layer_math.h per element
 void cu_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2, float eps,
               float wd, float grad_scale, float b1c, float b2c);
+// flag[0] = 1 when any of x[0..n) is inf or NaN (flag untouched otherwise)
+void cu_nonfinite_flag(int *flag, const float *x, size_t n);
 // loss-free balancing: b_i += gamma * sign(mean(load) - load_i), for one MoE layer
 void cu_bias_update(float *bias, const float *load, int E, float gamma);
 

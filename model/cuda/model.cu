@@ -40,6 +40,8 @@ struct CudaModel {
     float *mtp_emb, *mtp_en, *mtp_en_rstd, *mtp_hn, *mtp_hn_rstd, *mtp_cat, *mtp_x_out, *mtp_ln, *mtp_ln_rstd;
     float *mtp_logits, *mtp_lse, *dmx, *dmln, *dcat, *den, *dhn, *demb;
     int *mtp_targets, *mtp_emb_tok;
+    float grad_scale;  // loss scale of backward (1 unless fp16 loss scaling)
+    int *flag_dev;     // non-finite gradient flag
     // last forward
     float ce_loss, aux_loss, mtp_loss;
     // last forward
@@ -268,6 +270,8 @@ int cuda_model_create(CudaModel **out, const ModelConfig *cfg, int B_max, int T_
     m->norm_dev = dalloc(1);
     m->norm_scr = dalloc(1024);
     m->n_valid_dev = ialloc(2);  // main, MTP
+    m->flag_dev = ialloc(1);
+    m->grad_scale = 1.0f;
     m->load = dalloc((size_t)(m->n_moe > 0 ? m->n_moe : 1) * E);
     m->dropped = dalloc(m->n_moe > 0 ? m->n_moe : 1);
     if (c->mtp_depth > 0) {
@@ -296,7 +300,7 @@ void cuda_model_free(CudaModel *m) {
                     m->norm_dev, m->norm_scr, m->n_valid_dev, m->load, m->dropped, m->stats, m->stats_scr,
                     m->seg_scr, m->mtp_emb, m->mtp_en, m->mtp_en_rstd, m->mtp_hn, m->mtp_hn_rstd, m->mtp_cat,
                     m->mtp_x_out, m->mtp_ln, m->mtp_ln_rstd, m->mtp_logits, m->mtp_lse, m->mtp_targets,
-                    m->mtp_emb_tok, m->dmx, m->dmln, m->dcat, m->den, m->dhn, m->demb};
+                    m->mtp_emb_tok, m->dmx, m->dmln, m->dcat, m->den, m->dhn, m->demb, m->flag_dev};
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) cu_free(ptrs[i]);
     free(m->tensors);
     free(m);
@@ -487,7 +491,7 @@ static void moe_backward(CudaModel *m, const LayerParams *lp, LayerParams *gp, B
     int seq = c->balance == BALANCE_SEQAUX || c->balance == BALANCE_BIAS_SEQAUX, batch = c->balance == BALANCE_AUX;
     if ((seq || batch) && c->aux_alpha > 0.0f)
         cu_moe_gate_backward_aux(m->dlogits, m->dwts, ba->scores, ba->sel, N, E, K, c->score_func, c->route_scale,
-                                 ba->aux_f, seq ? m->T : N, seq ? m->B : 1, c->aux_alpha, 1.0f);
+                                 ba->aux_f, seq ? m->T : N, seq ? m->B : 1, c->aux_alpha, m->grad_scale);
     else
         cu_moe_gate_backward(m->dlogits, m->dwts, ba->scores, ba->sel, N, E, K, c->score_func, c->route_scale);
     cu_matmul_backward(dln2, gp->gate, m->dlogits, ba->ln2, lp->gate, N, C, E);
@@ -592,13 +596,14 @@ void cuda_model_backward(CudaModel *m) {
     int N = m->B * m->T, C = c->dim, V = c->vocab_size, L = c->n_layers;
     cu_zero(m->dx, sizeof(float) * (size_t)N * C);
     cu_zero(m->dlnf, sizeof(float) * (size_t)N * C);
-    cu_crossentropy_backward(m->logits, m->lse, m->targets, N, V, 1.0f, m->n_valid_dev);
+    cu_crossentropy_backward(m->logits, m->lse, m->targets, N, V, m->grad_scale, m->n_valid_dev);
     cu_matmul_backward(m->dlnf, m->g.lm_head, m->logits, m->lnf, m->p.lm_head, N, C, V);
     cu_rmsnorm_backward(m->dx, C, m->g.final_norm, m->dlnf, m->x_final, C, m->p.final_norm, m->lnf_rstd, N, C);
     if (c->mtp_depth > 0) {
         cu_zero(m->dmx, sizeof(float) * (size_t)N * C);
         cu_zero(m->dmln, sizeof(float) * (size_t)N * C);
-        cu_crossentropy_backward(m->mtp_logits, m->mtp_lse, m->mtp_targets, N, V, c->mtp_lambda, m->n_valid_dev + 1);
+        cu_crossentropy_backward(m->mtp_logits, m->mtp_lse, m->mtp_targets, N, V, m->grad_scale * c->mtp_lambda,
+                                 m->n_valid_dev + 1);
         cu_matmul_backward(m->dmln, m->g.lm_head, m->mtp_logits, m->mtp_ln, m->p.lm_head, N, C, V);
         cu_rmsnorm_backward(m->dmx, C, m->g.mtp_norm, m->dmln, m->mtp_x_out, C, m->p.mtp_norm, m->mtp_ln_rstd, N, C);
         block_backward(m, L, m->dmx);  // dmx is now the gradient of the MTP block input
@@ -615,6 +620,16 @@ void cuda_model_backward(CudaModel *m) {
     }
     for (int l = L - 1; l >= 0; l--) block_backward(m, l, m->dx);
     cu_encoder_backward(m->g.wte, m->dx, m->inputs, N, C);
+}
+
+void cuda_model_set_grad_scale(CudaModel *m, float scale) { m->grad_scale = scale; }
+
+int cuda_model_grads_nonfinite(CudaModel *m) {
+    cu_zero(m->flag_dev, sizeof(int));
+    cu_nonfinite_flag(m->flag_dev, m->grads, m->num_params);
+    int flag = 0;
+    cu_download(&flag, m->flag_dev, sizeof(int));
+    return flag;
 }
 
 void cuda_model_zero_grad(CudaModel *m) { cu_zero(m->grads, sizeof(float) * m->num_params); }

@@ -46,7 +46,22 @@ __global__ void bias_update_kernel(float *bias, const float *load, int E, float 
     bias[e] += gamma * (float)((d > 0) - (d < 0));
 }
 
+__global__ void nonfinite_kernel(int *flag, const float *x, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    size_t stride = (size_t)gridDim.x * blockDim.x;
+    int bad = 0;
+    for (; i < n; i += stride) bad |= !isfinite(x[i]);
+    if (bad) flag[0] = 1;  // benign race: every writer writes 1
+}
+
 extern "C" {
+
+void cu_nonfinite_flag(int *flag, const float *x, size_t n) {
+    if (n == 0) return;
+    long want = ((long)n + 256 * 16 - 1) / (256 * 16);
+    int blocks = want < 1 ? 1 : (want > 1024 ? 1024 : (int)want);
+    LAUNCH(nonfinite_kernel, blocks, 256, 0, 0, flag, x, n);
+}
 
 void cu_global_norm(float *out, const float *g, size_t n, float *scratch) {
     // enough blocks to fill a large GPU, no more than the work needs (scratch: NORM_BLOCKS floats)

@@ -144,6 +144,30 @@ int cuda_plan_check(const CudaPlan *p, size_t free_bytes, int B, int recompute, 
 }
 
 // ---------------------------------------------------------------------------------------
+// dynamic loss scaling
+
+void loss_scaler_init(LossScaler *ls, float initial_scale, int interval) {
+    ls->scale = initial_scale > 0.0f ? initial_scale : 65536.0f;
+    ls->good_steps = 0;
+    ls->interval = interval > 0 ? interval : 2000;
+    ls->skipped = 0;
+}
+
+int loss_scaler_update(LossScaler *ls, int found_nonfinite) {
+    if (found_nonfinite) {
+        ls->scale = ls->scale > 2.0f ? 0.5f * ls->scale : 1.0f;
+        ls->good_steps = 0;
+        ls->skipped++;
+        return 0;
+    }
+    if (++ls->good_steps >= ls->interval) {
+        if (ls->scale < 16777216.0f) ls->scale *= 2.0f;
+        ls->good_steps = 0;
+    }
+    return 1;
+}
+
+// ---------------------------------------------------------------------------------------
 // Peak dense TFLOP/s from the vendors' data sheets and architecture whitepapers. GeForce cards
 // run bf16/fp16 tensor math with fp32 accumulation at half their fp16-accumulate rate.
 typedef struct {

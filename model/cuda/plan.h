@@ -36,6 +36,19 @@ void cuda_plan_print(const CudaPlan *p, FILE *fp);
 // micro-batch with gradient accumulation, or activation recomputation.
 int cuda_plan_check(const CudaPlan *p, size_t free_bytes, int B, int recompute, MoeErr *err);
 
+// Dynamic loss scaling for fp16 (plain C): backward runs with the loss multiplied by scale;
+// a step whose gradients hold inf/NaN is skipped and the scale halved; after `interval` good
+// steps in a row the scale doubles (up to 2^24).
+typedef struct {
+    float scale;
+    int good_steps, interval;
+    long skipped;
+} LossScaler;
+void loss_scaler_init(LossScaler *ls, float initial_scale, int interval);
+// after backward: found_nonfinite from cuda_model_grads_nonfinite. Returns 1 when the step
+// should be applied (with grad_scale = 1 / the scale used in backward), 0 when skipped.
+int loss_scaler_update(LossScaler *ls, int found_nonfinite);
+
 // Peak dense throughput in TFLOP/s of a GPU by its name (cudaGetDeviceProperties().name),
 // tensor cores with fp32 accumulation for bf16/fp16, CUDA cores for fp32; -1 when unknown.
 double gpu_peak_tflops(const char *device_name, int precision);
