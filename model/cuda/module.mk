@@ -62,6 +62,13 @@ TEST_PROGS += $(CUDA_CMP_TESTS)
 $(foreach t,$(CUDA_CMP_TESTS),$(eval $(t)_SRCS := tests/$(t).c))
 $(foreach t,$(CUDA_CMP_TESTS),$(eval $(t)_MODS := cudahx cudahrt model common))
 $(CUDA_CMP_TESTS:%=$(BUILD)/tests/%): LDLIBS += -lstdc++
+
+# cuda_bench through the harness (smoke test with the tiny config: tests/test_cuda_bench.sh)
+PROGRAMS += cuda_bench_hx
+cuda_bench_hx_SRCS := model/cuda/bench_cuda.c
+cuda_bench_hx_MODS := cudahx cudahrt cudaplan model common
+$(BUILD)/cuda_bench_hx: LDLIBS += -lstdc++
+SHELL_TESTS += tests/test_cuda_bench.sh
 else
 SHELL_TESTS += tests/test_cuda_skip.sh
 endif
@@ -85,6 +92,15 @@ CUDA_CMP_TESTS ?= test_cuda_kernels test_cuda_model
 $(BUILD)/gpu/%: tests/%.c $(CUDA_SRCS:%.cu=$(BUILD)/nvcc-fat/%.o) $(BUILD)/lib/libmodel.a $(BUILD)/lib/libcommon.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -I$(CUDA_HOME)/include $(LDFLAGS) $^ $(CUDA_LIBS) $(LDLIBS) -lstdc++ -o $@
+
+# training steps of the default GPU config on a real GPU: tokens/s and MFU
+$(BUILD)/gpu/cuda_bench: model/cuda/bench_cuda.c $(CUDA_SRCS:%.cu=$(BUILD)/nvcc-fat/%.o) $(BUILD)/lib/libcudaplan.a \
+		$(BUILD)/lib/libmodel.a $(BUILD)/lib/libcommon.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -I$(CUDA_HOME)/include $(LDFLAGS) $^ $(CUDA_LIBS) $(LDLIBS) -lstdc++ -o $@
+.PHONY: bench-gpu
+bench-gpu: $(BUILD)/gpu/cuda_bench
+	$(BUILD)/gpu/cuda_bench -config gpu -steps 10
 
 # the same comparisons with the nvcc build, on a real GPU
 test-gpu: $(CUDA_CMP_TESTS:%=$(BUILD)/gpu/%)
