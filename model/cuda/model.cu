@@ -335,11 +335,13 @@ void cuda_model_download_bias(const CudaModel *m, float *bias) {
 
 // ---- forward --------------------------------------------------------------------------------
 
-static void attention_block_forward(CudaModel *m, const LayerParams *lp, BlockActs *ba, int B, int T) {
+// ln1_done: ln1 and ln1_rstd were computed by the previous block's fused residual + norm.
+// Ends with x_mid = x_in + attention and ln2 = rmsnorm(x_mid) in one fused kernel.
+static void attention_block_forward(CudaModel *m, const LayerParams *lp, BlockActs *ba, int B, int T, int ln1_done) {
     const ModelConfig *c = &m->cfg;
     int N = B * T, C = c->dim, H = c->n_heads, dqk = cfg_qk_head_dim(c), dv = c->v_head_dim;
     int nope = c->qk_nope_dim, rope = c->qk_rope_dim, kvr = c->kv_lora_rank;
-    cu_rmsnorm_forward(ba->ln1, ba->ln1_rstd, ba->x_in, C, lp->attn_norm, N, C, c->norm_eps);
+    if (!ln1_done) cu_rmsnorm_forward(ba->ln1, ba->ln1_rstd, ba->x_in, C, lp->attn_norm, N, C, c->norm_eps);
     if (c->q_lora_rank > 0) {
         int qr = c->q_lora_rank;
         cu_matmul_forward(ba->qa, ba->ln1, lp->wq_a, N, C, qr);
@@ -360,7 +362,8 @@ static void attention_block_forward(CudaModel *m, const LayerParams *lp, BlockAc
     float scale = 1.0f / sqrtf((float)dqk);
     cu_attention_forward(ba->atto, ba->att, ba->qf, ba->kf, ba->vf, B, T, H, dqk, dv, scale);
     cu_matmul_forward(ba->x_mid, ba->atto, lp->wo, N, H * dv, C);
-    cu_add(ba->x_mid, ba->x_mid, ba->x_in, (long)N * C);
+    cu_residual_rmsnorm_forward(ba->x_mid, ba->ln2, ba->ln2_rstd, ba->x_mid, ba->x_in, lp->ffn_norm, N, C,
+                                c->norm_eps);
 }
 
 static int moe_index(const CudaModel *m, int l) {
@@ -402,13 +405,15 @@ static void moe_forward(CudaModel *m, int l, const LayerParams *lp, BlockActs *b
     cu_moe_combine(ba->ffn_y, ba->ey, ba->wts, ba->row_of, N, K, C);
 }
 
-static void block_forward(CudaModel *m, int l, float *x_out, int B, int T) {
+// x_out = x_mid + ffn_y fused with the norm that reads it next (next_w: its weight, into
+// next_ln / next_rstd; NULL: a plain add)
+static void block_forward(CudaModel *m, int l, float *x_out, int B, int T, int ln1_done, const float *next_w,
+                          float *next_ln, float *next_rstd) {
     const ModelConfig *c = &m->cfg;
     const LayerParams *lp = &m->p.layers[l];
     BlockActs *ba = &m->acts[l];
     int N = B * T, C = c->dim;
-    attention_block_forward(m, lp, ba, B, T);
-    cu_rmsnorm_forward(ba->ln2, ba->ln2_rstd, ba->x_mid, C, lp->ffn_norm, N, C, c->norm_eps);
+    attention_block_forward(m, lp, ba, B, T, ln1_done);
     if (lp->is_moe) {
         moe_forward(m, l, lp, ba, B, T);
     } else {
@@ -418,7 +423,10 @@ static void block_forward(CudaModel *m, int l, float *x_out, int B, int T) {
         cu_swiglu_forward(ba->g, ba->h1, ba->h3, (long)N * I);
         cu_matmul_forward(ba->ffn_y, ba->g, lp->w2, N, I, C);
     }
-    cu_add(x_out, ba->x_mid, ba->ffn_y, (long)N * C);
+    if (next_w)
+        cu_residual_rmsnorm_forward(x_out, next_ln, next_rstd, ba->x_mid, ba->ffn_y, next_w, N, C, c->norm_eps);
+    else
+        cu_add(x_out, ba->x_mid, ba->ffn_y, (long)N * C);
 }
 
 // ---- backward -------------------------------------------------------------------------------
@@ -548,9 +556,12 @@ float cuda_model_forward(CudaModel *m, const int *inputs, const int *targets, in
     cu_encoder_forward(m->acts[0].x_in, m->inputs, m->p.wte, N, C);
     for (int l = 0; l < L; l++) {
         float *x_out = l + 1 < L ? m->acts[l + 1].x_in : m->x_final;
-        block_forward(m, l, x_out, B, T);
+        if (l + 1 < L)
+            block_forward(m, l, x_out, B, T, l > 0, m->p.layers[l + 1].attn_norm, m->acts[l + 1].ln1,
+                          m->acts[l + 1].ln1_rstd);
+        else
+            block_forward(m, l, x_out, B, T, l > 0, m->p.final_norm, m->lnf, m->lnf_rstd);
     }
-    cu_rmsnorm_forward(m->lnf, m->lnf_rstd, m->x_final, C, m->p.final_norm, N, C, c->norm_eps);
     cu_matmul_forward(m->logits, m->lnf, m->p.lm_head, N, C, V);
     m->loss = m->ce_loss = m->aux_loss = m->mtp_loss = 0.0f;
     m->n_valid = 0;
@@ -574,8 +585,7 @@ float cuda_model_forward(CudaModel *m, const int *inputs, const int *targets, in
         copy_cols(m->mtp_cat, 2 * C, 0, m->mtp_en, C, 0, N, C);
         copy_cols(m->mtp_cat, 2 * C, C, m->mtp_hn, C, 0, N, C);
         cu_matmul_forward(m->acts[L].x_in, m->mtp_cat, m->p.mtp_proj, N, 2 * C, C);
-        block_forward(m, L, m->mtp_x_out, B, T);
-        cu_rmsnorm_forward(m->mtp_ln, m->mtp_ln_rstd, m->mtp_x_out, C, m->p.mtp_norm, N, C, c->norm_eps);
+        block_forward(m, L, m->mtp_x_out, B, T, 0, m->p.mtp_norm, m->mtp_ln, m->mtp_ln_rstd);
         cu_matmul_forward(m->mtp_logits, m->mtp_ln, m->p.lm_head, N, C, V);
         cu_crossentropy_forward(m->mtp_lse, m->loss_dev + 3, m->n_valid_dev + 1, m->ce_scr, m->mtp_logits,
                                 m->mtp_targets, N, V);
