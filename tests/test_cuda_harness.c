@@ -5,6 +5,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "../common/util.h"
 #include "cuda_harness/harness_kernels.h"
@@ -161,6 +163,37 @@ static void expect_error(const char *name, void (*fn)(float *), const char *want
     test_end();
 }
 
+// a kernel thread that overflows its fiber stack must abort with a message, not a bare SIGSEGV
+static void test_stack_overflow(void) {
+#if defined(__SANITIZE_ADDRESS__)
+    test_skip("harness_reports_stack_overflow", "AddressSanitizer handles segmentation faults itself");
+#else
+    test_begin("harness_reports_stack_overflow");
+    int fds[2];
+    CHECK(pipe(fds) == 0, "pipe");
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fds[1], 2);
+        close(fds[0]);
+        int out[32];
+        hk_stack_overflow(out);
+        _exit(0);
+    }
+    close(fds[1]);
+    char buf[1024];
+    ssize_t n, tot = 0;
+    while ((n = read(fds[0], buf + tot, sizeof buf - 1 - (size_t)tot)) > 0) tot += n;
+    buf[tot] = 0;
+    close(fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT, "child status 0x%x (expected abort)", status);
+    CHECK(strstr(buf, "overflowed its 64 KiB fiber stack") && strstr(buf, "stack_overflow_kernel"), "stderr: %s", buf);
+    test_end();
+#endif
+}
+
 int main(void) {
     test_shuffles();
     test_ballot();
@@ -174,6 +207,7 @@ int main(void) {
     expect_error("harness_detects_deadlock", hk_warp_deadlock, "deadlock");
     expect_error("harness_detects_full_mask_in_partial_warp", hk_partial_mask, "do not exist");
     expect_error("harness_rejects_bad_launch", hk_bad_launch, "block size out of range");
+    test_stack_overflow();
     // the harness still works after recorded errors
     test_shuffles();
     printf("# %ld launches, %ld fiber switches\n", moe_hx_launch_count(), moe_hx_switch_count());

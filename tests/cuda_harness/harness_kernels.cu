@@ -125,6 +125,17 @@ __global__ void partial_mask_kernel(float *out) {
     out[threadIdx.x] = v;
 }
 
+#if defined(MOE_CUDA_HARNESS)
+// BUG on purpose (harness only: nvcc warns about recursion): overflows a 64 KiB fiber stack
+static __device__ __attribute__((noinline)) int deep_recursion(int n) {
+    volatile char buf[1024];
+    buf[0] = (char)n;
+    return n ? deep_recursion(n - 1) + buf[0] : 0;
+}
+__global__ void stack_overflow_kernel(int *out) { out[threadIdx.x] = deep_recursion(10000); }
+extern "C" void hk_stack_overflow(int *out) { LAUNCH(stack_overflow_kernel, 1, 32, 0, 0, out); }
+#endif
+
 extern "C" {
 void hk_shuffle(int *out, int n, int block) { LAUNCH(shuffle_kernel, ceil_div(n, block), block, 0, 0, out, n); }
 void hk_ballot(unsigned *out, int block) { LAUNCH(ballot_kernel, 1, block, 0, 0, out); }

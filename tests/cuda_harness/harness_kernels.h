@@ -16,6 +16,7 @@ void hk_two_barriers(float *out);
 void hk_warp_deadlock(float *out);
 void hk_partial_mask(float *out);
 void hk_bad_launch(float *out);
+void hk_stack_overflow(int *out);  // harness build only
 // harness control (tests/cuda_harness/harness.cc)
 void moe_hx_set_error_mode(int record);
 const char *moe_hx_last_error(void);
