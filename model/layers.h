@@ -36,6 +36,15 @@ void matmul_backward(float *dinp, float *dweight, const float *dout, const float
 void rope_apply(float *x, int N, int n_heads, int tok_stride, int head_stride, int d, const int *pos, float theta,
                 int inverse);
 
+// The same rotation with precomputed tables cos_tab, sin_tab (T, d/2) indexed by position
+// (rope_tables fills them with lm_rope_angle): no transcendental functions per element.
+void rope_tables(float *cos_tab, float *sin_tab, int T, int d, float theta);
+void rope_apply_table(float *x, int N, int n_heads, int tok_stride, int head_stride, int d, const int *pos,
+                      const float *cos_tab, const float *sin_tab, int inverse);
+
+// out (cols, rows) = in (rows, cols) transposed
+void transpose(float *out, const float *in, int rows, int cols);
+
 // ---- causal self-attention core ----------------------------------------------------------
 // q, k (B, T, H, dqk), v (B, T, H, dv) -> out (B, T, H, dv); att (B, H, T, T) keeps the
 // softmax probabilities for backward (upper triangle zero).

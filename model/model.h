@@ -114,6 +114,7 @@ typedef struct {
     int *targets;          // (N) copy of the last targets
     int *inputs;           // (N) copy of the last inputs
     int *pos;              // (N) positions
+    float *rope_cos, *rope_sin;  // (T_max, qk_rope_dim/2) RoPE tables
     // MTP activations
     float *mtp_emb, *mtp_en, *mtp_en_rstd, *mtp_hn, *mtp_hn_rstd, *mtp_cat, *mtp_x_out, *mtp_ln, *mtp_ln_rstd;
     float *mtp_logits, *mtp_lse;

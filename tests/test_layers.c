@@ -174,6 +174,36 @@ static void test_rope(void) {
     fd_check("rope", &r, rope_f, r.x, N * H * d, g, w, out, N * H * d, 1e-2f, 1e-3);
     free(r.x), free(out), free(w), free(g);
     test_end();
+
+    test_begin("rope_table_matches_direct");
+    {
+        int T = 9, d = 8, n = 6, h = 3, ps[6] = {0, 8, 3, 3, 1, 5};
+        float *ct = fnew(T * d / 2), *st = fnew(T * d / 2), *a = fnew(n * h * d), *b = fnew(n * h * d);
+        rope_tables(ct, st, T, d, 500.0f);
+        fill(a, n * h * d, 1);
+        memcpy(b, a, sizeof(float) * (size_t)n * h * d);
+        for (int inv = 0; inv < 2; inv++) {
+            rope_apply(a, n, h, h * d, d, d, ps, 500.0f, inv);
+            rope_apply_table(b, n, h, h * d, d, d, ps, ct, st, inv);
+            for (int i = 0; i < n * h * d; i++) CHECK_CLOSE(b[i], a[i], 1e-5, 1e-5, "table rope");
+        }
+        free(ct), free(st), free(a), free(b);
+    }
+    test_end();
+
+    test_begin("transpose");
+    {
+        int R = 37, C2 = 70;
+        float *a = fnew(R * C2), *b = fnew(R * C2);
+        fill(a, R * C2, 1);
+        transpose(b, a, R, C2);
+        int ok = 1;
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < C2; c++) ok &= b[c * R + r] == a[r * C2 + c];
+        CHECK(ok, "transpose");
+        free(a), free(b);
+    }
+    test_end();
 }
 
 // ---- attention ---------------------------------------------------------------------------

@@ -21,6 +21,8 @@ int main(int argc, char **argv) {
         {"head fwd      (N,V,C) NT", 2048, 8192, 256, 0, 1},
         {"head bwd dX   (N,C,V) NN", 2048, 256, 8192, 0, 0},
         {"head bwd dW   (V,C,N) TN", 8192, 256, 2048, 1, 0},
+        {"head dW^T     (C,V,N) TN", 256, 8192, 2048, 1, 0},
+        {"head dW from transposed dlogits (V,C,N) NN", 8192, 256, 2048, 0, 0},
         {"wq fwd        (N,384,C) NT", 2048, 384, 256, 0, 1},
         {"wkv_b fwd     (N,512,128) NT", 2048, 512, 128, 0, 1},
         {"dense w1 fwd  (N,768,C) NT", 2048, 768, 256, 0, 1},

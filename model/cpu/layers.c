@@ -96,6 +96,45 @@ void rope_apply(float *x, int N, int n_heads, int tok_stride, int head_stride, i
     }
 }
 
+void rope_tables(float *cos_tab, float *sin_tab, int T, int d, float theta) {
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < d / 2; i++) {
+            float a = lm_rope_angle(t, i, d, theta);
+            cos_tab[t * (d / 2) + i] = cosf(a);
+            sin_tab[t * (d / 2) + i] = sinf(a);
+        }
+}
+
+void rope_apply_table(float *x, int N, int n_heads, int tok_stride, int head_stride, int d, const int *pos,
+                      const float *cos_tab, const float *sin_tab, int inverse) {
+    float sign = inverse ? -1.0f : 1.0f;
+    int half = d / 2;
+#pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const float *cs = cos_tab + (size_t)pos[n] * half, *sn = sin_tab + (size_t)pos[n] * half;
+        for (int h = 0; h < n_heads; h++) {
+            float *p = x + (size_t)n * tok_stride + (size_t)h * head_stride;
+            for (int i = 0; i < half; i++) {
+                float c = cs[i], s = sign * sn[i];
+                float a0 = p[2 * i], a1 = p[2 * i + 1];
+                p[2 * i] = a0 * c - a1 * s;
+                p[2 * i + 1] = a0 * s + a1 * c;
+            }
+        }
+    }
+}
+
+void transpose(float *out, const float *in, int rows, int cols) {
+    enum { TB = 32 };
+#pragma omp parallel for collapse(2)
+    for (int r0 = 0; r0 < rows; r0 += TB)
+        for (int c0 = 0; c0 < cols; c0 += TB) {
+            int r1 = r0 + TB < rows ? r0 + TB : rows, c1 = c0 + TB < cols ? c0 + TB : cols;
+            for (int c = c0; c < c1; c++)
+                for (int r = r0; r < r1; r++) out[(size_t)c * rows + r] = in[(size_t)r * cols + c];
+        }
+}
+
 // ---- attention ---------------------------------------------------------------------------------
 
 void attention_forward(float *out, float *att, const float *q, const float *k, const float *v, int B, int T, int H,

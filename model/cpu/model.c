@@ -237,6 +237,8 @@ static size_t carve_all(Model *m, char *base) {
     m->targets = TAKEI(&a, N);
     m->inputs = TAKEI(&a, N);
     m->pos = TAKEI(&a, N);
+    m->rope_cos = TAKEF(&a, (size_t)T * (c->qk_rope_dim / 2));
+    m->rope_sin = TAKEF(&a, (size_t)T * (c->qk_rope_dim / 2));
     if (c->mtp_depth > 0) {
         m->mtp_emb = TAKEF(&a, N * c->dim);
         m->mtp_en = TAKEF(&a, N * c->dim);
@@ -272,6 +274,8 @@ static size_t scratch_floats_needed(const ModelConfig *c, int B, int T) {
     size_t blk = attn > dense ? attn : dense;
     blk = blk > moe ? blk : moe;
     size_t mtp = c->mtp_depth > 0 ? N * (size_t)(2 * C) + 4 * N * C : 0;
+    size_t head = N * (size_t)c->vocab_size;  // transposed dlogits
+    if (head > blk) blk = head;
     return blk + 2 * N * C + mtp + 1024;
 }
 
@@ -325,6 +329,7 @@ int model_init(Model *m, const ModelConfig *cfg, int B_max, int T_max, uint64_t 
     }
     memset(m->act_mem, 0, act_bytes);
     carve_all(m, (char *)m->act_mem);
+    rope_tables(m->rope_cos, m->rope_sin, T_max, cfg->qk_rope_dim, cfg->rope_theta);
     model_layout(cfg, m->tensors, &m->n_tensors);
     model_point(cfg, m->params, &m->p, m->lp[0]);
     model_point(cfg, m->grads, &m->g, m->lp[1]);
@@ -406,7 +411,7 @@ static void attention_block_forward(Model *m, const LayerParams *lp, BlockActs *
     matmul_forward(ba->kv, ba->ckvn, lp->wkv_b, N, kvr, H * (nope + dv));
     // assemble per-head q, k, v; RoPE on q_pe and the single shared k_pe
     memcpy(ba->qf, ba->q, sizeof(float) * (size_t)N * H * dqk);
-    rope_apply(ba->qf + nope, N, H, H * dqk, dqk, rope, m->pos, c->rope_theta, 0);
+    rope_apply_table(ba->qf + nope, N, H, H * dqk, dqk, rope, m->pos, m->rope_cos, m->rope_sin, 0);
 #pragma omp parallel for
     for (int n = 0; n < N; n++) {
         const float *kvn = ba->kv + (size_t)n * H * (nope + dv);
@@ -418,7 +423,7 @@ static void attention_block_forward(Model *m, const LayerParams *lp, BlockActs *
             memcpy(ba->vf + ((size_t)n * H + h) * dv, kvn + (size_t)h * (nope + dv) + nope, sizeof(float) * dv);
         }
     }
-    rope_apply(ba->kf + nope, N, H, H * dqk, dqk, rope, m->pos, c->rope_theta, 0);
+    rope_apply_table(ba->kf + nope, N, H, H * dqk, dqk, rope, m->pos, m->rope_cos, m->rope_sin, 0);
     float scale = 1.0f / sqrtf((float)dqk);
     attention_forward(ba->atto, ba->att, ba->qf, ba->kf, ba->vf, B, T, H, dqk, dv, scale);
     // x_mid = x_in + atto @ wo^T
@@ -539,6 +544,18 @@ static float *scr(Scratch *s, size_t n) {
     return p;
 }
 
+// like scr, without zeroing (for buffers that are fully overwritten)
+static float *scr_raw(Scratch *s, size_t n) {
+    n = (n + 15) & ~(size_t)15;
+    if (s->off + n > s->cap) {
+        fprintf(stderr, "error: internal: backward scratch too small (%zu + %zu > %zu floats)\n", s->off, n, s->cap);
+        exit(EXIT_FAILURE);
+    }
+    float *p = s->base + s->off;
+    s->off += n;
+    return p;
+}
+
 static void attention_block_backward(Model *m, int l, float *dx, Scratch *S) {
     const ModelConfig *c = &m->cfg;
     const LayerParams *lp = &m->p.layers[l];
@@ -557,8 +574,8 @@ static void attention_block_backward(Model *m, int l, float *dx, Scratch *S) {
     float scale = 1.0f / sqrtf((float)dqk);
     attention_backward(dqf, dkf, dvf, datt, datto, ba->att, ba->qf, ba->kf, ba->vf, B, T, H, dqk, dv, scale);
     // undo RoPE on the gradients (transpose of the rotation)
-    rope_apply(dqf + nope, N, H, H * dqk, dqk, rope, m->pos, c->rope_theta, 1);
-    rope_apply(dkf + nope, N, H, H * dqk, dqk, rope, m->pos, c->rope_theta, 1);
+    rope_apply_table(dqf + nope, N, H, H * dqk, dqk, rope, m->pos, m->rope_cos, m->rope_sin, 1);
+    rope_apply_table(dkf + nope, N, H, H * dqk, dqk, rope, m->pos, m->rope_cos, m->rope_sin, 1);
     // scatter dk, dv into dkv (per head [k_nope, v]) and dkva (k_pe summed over heads)
     float *dkv = scr(S, (size_t)N * H * (nope + dv));
     float *dkva = scr(S, (size_t)N * (kvr + rope));
@@ -625,6 +642,21 @@ static void block_backward(Model *m, int l, float *dx, Scratch *S) {
     attention_block_backward(m, l, dx, S);
 }
 
+// The output head's backward: dX += dlogits @ W; dW += dlogits^T @ X. The second product has
+// a large M (V) and a transposed A, which the GEMM libraries run at half speed; transposing
+// dlogits once (V, N) and multiplying NN is about twice as fast on the model's shapes
+// (see bench_gemm).
+static void head_backward(Model *m, float *dx, const float *dlogits, const float *x, Scratch *S) {
+    const ModelConfig *c = &m->cfg;
+    int N = m->B * m->T, C = c->dim, V = c->vocab_size;
+    gemm(0, 0, N, C, V, 1.0f, dlogits, V, m->p.lm_head, C, 1.0f, dx, C);
+    size_t mark = S->off;
+    float *dT = scr_raw(S, (size_t)N * V);
+    transpose(dT, dlogits, N, V);
+    gemm(0, 0, V, C, N, 1.0f, dT, N, x, C, 1.0f, m->g.lm_head, C);
+    S->off = mark;
+}
+
 void model_backward(Model *m) {
     const ModelConfig *c = &m->cfg;
     int N = m->B * m->T, C = c->dim, V = c->vocab_size, L = c->n_layers;
@@ -634,13 +666,13 @@ void model_backward(Model *m) {
     float gs = m->grad_scale;
     // main head
     crossentropy_backward(m->logits, m->lse, m->targets, N, V, gs, m->n_valid);
-    matmul_backward(dlnf, m->g.lm_head, m->logits, m->lnf, m->p.lm_head, N, C, V);
+    head_backward(m, dlnf, m->logits, m->lnf, &S);
     rmsnorm_backward(dx, C, m->g.final_norm, dlnf, m->x_final, C, m->p.final_norm, m->lnf_rstd, N, C);
     if (c->mtp_depth > 0) {
         float *dmx = scr(&S, (size_t)N * C);
         float *dmln = scr(&S, (size_t)N * C);
         crossentropy_backward(m->mtp_logits, m->mtp_lse, m->mtp_targets, N, V, gs * c->mtp_lambda, m->mtp_n_valid);
-        matmul_backward(dmln, m->g.lm_head, m->mtp_logits, m->mtp_ln, m->p.lm_head, N, C, V);
+        head_backward(m, dmln, m->mtp_logits, m->mtp_ln, &S);
         rmsnorm_backward(dmx, C, m->g.mtp_norm, dmln, m->mtp_x_out, C, m->p.mtp_norm, m->mtp_ln_rstd, N, C);
         block_backward(m, L, dmx, &S);  // dmx is now the gradient of the MTP block input
         float *dcat = scr(&S, (size_t)N * 2 * C);
