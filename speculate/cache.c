@@ -109,10 +109,12 @@ static int victim(const LayerCache *c, int E, int policy, const uint16_t *keep, 
 }
 
 int cache_simulate(const uint16_t *ids, size_t n, int M, int K, int E, int C, int policy, const uint16_t *pred,
-                   int P, double expert_bytes, double xfer_s, double layer_s, CacheStats *out, MoeErr *err) {
+                   int P, int ahead, double expert_bytes, double xfer_s, double layer_s, CacheStats *out,
+                   MoeErr *err) {
     memset(out, 0, sizeof(*out));
     if (C < K || C > E || K < 1 || M < 1) return moe_err_set(err, "cache: need K <= C <= E (K %d, C %d, E %d)", K, C, E);
     if (pred && (P < 0 || P > E)) return moe_err_set(err, "cache: prefetch count %d out of range", P);
+    if (pred && (ahead < 1 || ahead >= M)) return moe_err_set(err, "cache: prefetch lookahead %d out of range 1..%d", ahead, M - 1);
     if (policy == CACHE_BELADY) pred = NULL;
     LayerCache *lc = callocCheck((size_t)M, sizeof(LayerCache));
     for (int l = 0; l < M; l++) {
@@ -179,8 +181,8 @@ int cache_simulate(const uint16_t *ids, size_t n, int M, int K, int E, int C, in
             }
             out->stall_s += ready - now;
             double t0 = ready;  // compute of layer l starts; prefetches for l+1 go out now
-            if (pred && l + 1 < M) {
-                LayerCache *c2 = &lc[l + 1];
+            if (pred && l + ahead < M) {
+                LayerCache *c2 = &lc[l + ahead];
                 const uint16_t *Pr = pred + ((size_t)i * M + l) * P;
                 for (int p = 0; p < P; p++) {
                     int e = Pr[p];

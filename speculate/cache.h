@@ -5,8 +5,9 @@
 // MoE layer l, in order: the experts the token chose at l that are not resident are fetched on
 // demand (the GPU waits for them: stall); experts still in flight from a prefetch are waited
 // for (late prefetch); then layer l computes for layer_s seconds, and at the start of that
-// compute the prefetcher (when given) enqueues its predicted experts of layer l+1 behind any
-// transfer in progress, so the compute of layer l is the window that hides them.
+// compute the prefetcher (when given) enqueues its predicted experts of layer l+ahead (ahead = 1
+// by default) behind any transfer in progress, so the compute of layers l..l+ahead-1 is the
+// window that hides them.
 #ifndef MOE_SPEC_CACHE_H
 #define MOE_SPEC_CACHE_H
 
@@ -66,10 +67,12 @@ typedef struct {
 } CacheStats;
 
 // Simulates one policy on tokens in decode order. ids: (n, M, K) chosen experts. pred: (n, M, P)
-// experts of layer l+1 predicted at layer l (row l = M-1 unused), or NULL for no prefetch;
-// P experts are prefetched per layer (ignored for Belady, which is demand-only optimal
+// experts of layer l+ahead predicted at layer l (rows l >= M-ahead unused), or NULL for no
+// prefetch; P experts are prefetched per layer, issued when layer l starts computing, so that
+// `ahead` layers of compute can hide them (ignored for Belady, which is demand-only optimal
 // replacement). C: cache slots per layer (K <= C <= E).
 int cache_simulate(const uint16_t *ids, size_t n, int M, int K, int E, int C, int policy, const uint16_t *pred,
-                   int P, double expert_bytes, double xfer_s, double layer_s, CacheStats *out, MoeErr *err);
+                   int P, int ahead, double expert_bytes, double xfer_s, double layer_s, CacheStats *out,
+                   MoeErr *err);
 
 #endif

@@ -41,7 +41,7 @@ typedef struct {
     char scen[MAX_SCEN][32];
     int n_scen;
     double pcie_gbs, hbm_gbs, layer_ms;
-    int ctx, prefetch;
+    int ctx, prefetch, ahead;
     size_t cache_tokens;
     int plots;
     SynthConfig syn;
@@ -89,6 +89,7 @@ static void usage(FILE *f, const Opts *o) {
             "  --layer-ms F           override the per-layer compute time, ms (default 0 = from --hbm-gbs)\n"
             "  --ctx N                KV-cache tokens reserved on the GPU (default %d)\n"
             "  --prefetch P           experts prefetched per layer (default 0 = K)\n"
+            "  --prefetch-ahead A     prefetch layer l+A while layer l computes, A <= lookahead (default %d)\n"
             "  --cache-tokens N       test tokens simulated, 0 = all (default %zu)\n"
             "output:\n"
             "  --out DIR              output folder (default %s)\n"
@@ -97,7 +98,7 @@ static void usage(FILE *f, const Opts *o) {
             (double)o->syn.p, o->syn.n_seq, o->syn.E, o->syn.K, o->syn.M, (unsigned long long)o->seed, (double)o->val_frac,
             (double)o->test_frac, o->D, o->H, o->n_hidden, o->n_tok, o->n_pos, o->reuse_feature,
             (double)o->rank_weight, o->epochs, o->patience, o->batch, (double)o->lr, (double)o->wd, o->max_val,
-            o->pcie_gbs, o->hbm_gbs, o->ctx, o->cache_tokens, o->out);
+            o->pcie_gbs, o->hbm_gbs, o->ctx, o->ahead, o->cache_tokens, o->out);
 }
 
 static void defaults(Opts *o) {
@@ -126,6 +127,7 @@ static void defaults(Opts *o) {
     o->layer_ms = 0;
     o->ctx = 2048;
     o->prefetch = 0;
+    o->ahead = 1;
     o->cache_tokens = 20000;
     o->plots = 1;
     SynthConfig s = {.E = 64, .K = 6, .M = 8, .n_seq = 400, .seq_len = 64, .vocab = 2000, .n_domains = 2,
@@ -176,7 +178,7 @@ static void parse_args(Opts *o, int argc, char **argv) {
                                        "--budget", "--hidden", "--depth", "--tok-buckets", "--pos-buckets",
                                        "--reuse-feature", "--rank-weight", "--epochs", "--patience", "--batch", "--lr",
                                        "--wd", "--max-val", "--load", "--scenario", "--pcie-gbs", "--hbm-gbs",
-                                       "--layer-ms", "--ctx", "--prefetch", "--cache-tokens", "--out"};
+                                       "--layer-ms", "--ctx", "--prefetch", "--prefetch-ahead", "--cache-tokens", "--out"};
         int known = 0;
         for (size_t q = 0; q < sizeof valued / sizeof valued[0]; q++) known |= !strcmp(a, valued[q]);
         if (!known) die("unknown flag '%s' (see -h)", a);
@@ -217,6 +219,7 @@ static void parse_args(Opts *o, int argc, char **argv) {
         else if (!strcmp(a, "--layer-ms")) o->layer_ms = parse_double(a, v, 0, 1e4);
         else if (!strcmp(a, "--ctx")) o->ctx = (int)parse_long(a, v, 0, 1 << 24);
         else if (!strcmp(a, "--prefetch")) o->prefetch = (int)parse_long(a, v, 0, 65535);
+        else if (!strcmp(a, "--prefetch-ahead")) o->ahead = (int)parse_long(a, v, 1, SPEC_MAX_D);
         else if (!strcmp(a, "--cache-tokens")) o->cache_tokens = (size_t)parse_long(a, v, 0, 1L << 40);
         else if (!strcmp(a, "--out")) o->out = v;
         else die("unknown flag '%s' (see -h)", a);
@@ -230,6 +233,7 @@ static void parse_args(Opts *o, int argc, char **argv) {
     if (o->synthetic && o->n_traces) die("give either trace files or --synthetic, not both");
     if (o->val_frac + o->test_frac >= 0.95f) die("--val-frac + --test-frac must be below 0.95");
     if (o->syn.K >= o->syn.E) die("--syn-topk must be below --syn-experts");
+    if (o->ahead > o->D) die("--prefetch-ahead %d exceeds --lookahead %d", o->ahead, o->D);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -384,10 +388,12 @@ typedef struct {
     uint16_t *pred[2];  // (n, M, P) prefetch lists: [0] speculator, [1] best baseline
     int method[2];
     size_t n;
-    int P;
+    int P, ahead;
 } CacheInput;
 
-static void build_predictions(const SpecData *sd, int method, const size_t *recs, size_t n, int P, uint16_t *out) {
+// prefetch lists: row l = top-P experts of layer l+ahead predicted at layer l
+static void build_predictions(const SpecData *sd, int method, const size_t *recs, size_t n, int P, int ahead,
+                              uint16_t *out) {
     int E = sd->E, M = sd->M;
     const SpecConfig *mc = NULL;
     if (method == METHOD_MLP_BCE || method == METHOD_MLP_LIST) mc = &sd->mlp[method == METHOD_MLP_LIST]->c;
@@ -402,12 +408,12 @@ static void build_predictions(const SpecData *sd, int method, const size_t *recs
             uint64_t rng = rng_seed(recs[j] + 12345);
             for (int l = 0; l < M; l++) {
                 uint16_t *o = out + (j * M + l) * (size_t)P;
-                if (l + 1 >= M) {
+                if (l + ahead >= M) {
                     for (int p = 0; p < P; p++) o[p] = 0xFFFF;
                     continue;
                 }
                 method_scores(sd, method, recs[j], l, sc, &rng, mc ? &s : NULL);
-                rank_top(sc, sd->freq + (size_t)(l + 1) * E, E, P, o);
+                rank_top(sc + (size_t)(ahead - 1) * E, sd->freq + (size_t)(l + ahead) * E, E, P, o);
             }
         }
         free(sc);
@@ -440,7 +446,7 @@ static int run_policy(const SpecData *sd, const CacheInput *ci, int pol, int C, 
     const uint16_t *pred = pol == 1 ? ci->pred[0] : pol == 2 ? ci->pred[1] : NULL;
     if ((pol == 1 || pol == 2) && !pred) return -1;
     if (cache_simulate(ci->ids, ci->n, sd->M, sd->K, sd->E, C, pol == 3 ? CACHE_BELADY : CACHE_LRU, pred, ci->P,
-                       z->expert_bytes, z->xfer_s, z->layer_s, st, &err))
+                       ci->ahead, z->expert_bytes, z->xfer_s, z->layer_s, st, &err))
         die("%s", err.msg);
     return 0;
 }
@@ -455,8 +461,8 @@ static void offload(const Opts *o, const SpecData *sd, const CacheInput *ci) {
     fprintf(f, "scenario\tpolicy\tC\tE\thit_rate\tlate_rate\tmiss_rate\tprefetch_used\tMB_per_token\tstall_ms_per_token\t"
                "compute_ms_per_token\n");
     printf("\nExpert offloading: %zu test tokens in decode order (batch 1), %d MoE layers, prefetch %d experts per "
-           "layer from layer l for l+1 (speculator: %s, best baseline on validation: %s)\n",
-           ci->n, sd->M, ci->P, ci->pred[0] ? method_names[ci->method[0]] : "none",
+           "layer for layer l+%d while layer l computes (speculator: %s, best baseline on validation: %s)\n",
+           ci->n, sd->M, ci->P, ci->ahead, ci->pred[0] ? method_names[ci->method[0]] : "none",
            ci->pred[1] ? method_names[ci->method[1]] : "none");
     for (int si = 0; si < o->n_scen; si++) {
         Scenario s;
@@ -665,10 +671,11 @@ int main(int argc, char **argv) {
     write_metrics_tsv(&o, &sd, mt);
     if (o.plots) plot_recall(&o, &sd, mt);
 
-    // prefetchers: the learned speculator and the best baseline, both chosen on validation (d = 1)
+    // prefetchers: the learned speculator and the best baseline, both chosen on validation (d = ahead)
     CacheInput ci;
     memset(&ci, 0, sizeof ci);
     ci.P = o.prefetch ? (o.prefetch < sd.E ? o.prefetch : sd.E) : sd.K;
+    ci.ahead = o.ahead < sd.M ? o.ahead : sd.M - 1;
     ci.n = sd.n_rec[SPLIT_TEST];
     if (o.cache_tokens && ci.n > o.cache_tokens) ci.n = o.cache_tokens;
     size_t M = (size_t)sd.M, K = (size_t)sd.K;
@@ -679,10 +686,10 @@ int main(int argc, char **argv) {
     const int bases[4] = {METHOD_FREQUENT, METHOD_TRANSITION, METHOD_PREVTOK, METHOD_REUSE};
     for (int j = 0; j < 4 + 2; j++) {
         int m = j < 4 ? bases[j] : (j == 4 ? METHOD_MLP_BCE : METHOD_MLP_LIST);
-        if (!method_available(&sd, m, 1) || !mt[m].s) continue;
+        if (!method_available(&sd, m, ci.ahead) || !mt[m].s) continue;
         Metrics v;
         evaluate(&sd, m, sd.n_rec[SPLIT_VAL] ? SPLIT_VAL : SPLIT_TRAIN, &v, 1);
-        MetricSum s = metrics_total(&v, 1, -1, -1);
+        MetricSum s = metrics_total(&v, ci.ahead, -1, -1);
         metrics_free(&v);
         double r = mean(s.rk, s.n);
         if (j < 4 && r > bv) bv = r, best_base = m;
@@ -693,7 +700,7 @@ int main(int argc, char **argv) {
         if (m < 0) continue;
         ci.method[j] = m;
         ci.pred[j] = mallocCheck(sizeof(uint16_t) * (ci.n ? ci.n : 1) * M * (size_t)ci.P);
-        build_predictions(&sd, m, sd.rec[SPLIT_TEST], ci.n, ci.P, ci.pred[j]);
+        build_predictions(&sd, m, sd.rec[SPLIT_TEST], ci.n, ci.P, ci.ahead, ci.pred[j]);
     }
     offload(&o, &sd, &ci);
     printf("\ntotal %.1f s\n", wall_seconds() - t0);

@@ -9,7 +9,7 @@ static CacheStats run(const uint16_t *ids, size_t n, int M, int K, int E, int C,
                       int P, double xfer, double layer) {
     CacheStats st;
     MoeErr err;
-    if (cache_simulate(ids, n, M, K, E, C, policy, pred, P, 100.0, xfer, layer, &st, &err)) {
+    if (cache_simulate(ids, n, M, K, E, C, policy, pred, P, 1, 100.0, xfer, layer, &st, &err)) {
         printf("  cache_simulate: %s\n", err.msg);
         memset(&st, 0, sizeof st);
     }
@@ -80,13 +80,36 @@ int main(void) {
     }
     test_end();
 
+    test_begin("cache_prefetch_two_layers_ahead");
+    {
+        // M=3, K=1, E=4, C=1; layers 0 and 1 always use expert 0, layer 2 alternates 1, 2.
+        // Transfer 1.5, layer 1.0: one layer ahead the prefetch is 0.5 late every token; two
+        // layers ahead it has 2.0 of compute to hide in and is never late.
+        uint16_t ids[12] = {0, 0, 1, 0, 0, 2, 0, 0, 1, 0, 0, 2};
+        uint16_t p1[12] = {0, 1, 0, 0, 2, 0, 0, 1, 0, 0, 2, 0};  // row l predicts layer l+1
+        uint16_t p2[12] = {1, 0, 0, 2, 0, 0, 1, 0, 0, 2, 0, 0};  // row l predicts layer l+2
+        CacheStats a, b;
+        MoeErr err;
+        CHECK(cache_simulate(ids, 4, 3, 1, 4, 1, CACHE_LRU, p1, 1, 1, 100, 1.5, 1.0, &a, &err) == 0, "%s", err.msg);
+        CHECK(cache_simulate(ids, 4, 3, 1, 4, 1, CACHE_LRU, p2, 1, 2, 100, 1.5, 1.0, &b, &err) == 0, "%s", err.msg);
+        // ahead 1, by hand: token 0: L0 demand miss (arrives 1.5), L1's prefetch of 0 arrives 3.0 >
+        // 2.5 (late), L2's prefetch arrives 4.5 > 4.0 (late); tokens 1-3: L1 hits, L2 late -> 5 late.
+        // ahead 2: token 0: L0 miss, L2's prefetch goes out at 1.5 and arrives 3.0, L1 demand miss
+        // waits for the link (3.0 -> 4.5); L2 (at 5.5) has it: hit; later tokens: 2.0 window > 1.5.
+        CHECK(a.late == 5 && b.late == 0, "late: ahead 1 %g (5), ahead 2 %g (0)", a.late, b.late);
+        CHECK(b.misses == 2 && b.prefetch_used == 4, "ahead 2: misses %g used %g", b.misses, b.prefetch_used);
+        CHECK(b.stall_s < a.stall_s, "ahead 2 stall %g not below ahead 1 stall %g", b.stall_s, a.stall_s);
+        CHECK(cache_simulate(ids, 4, 3, 1, 4, 1, CACHE_LRU, p2, 1, 3, 100, 1.5, 1.0, &b, &err) == -1, "ahead 3 of 3 layers accepted");
+    }
+    test_end();
+
     test_begin("cache_bad_arguments");
     {
         uint16_t s[2] = {0, 1};
         CacheStats st;
         MoeErr err;
-        CHECK(cache_simulate(s, 1, 1, 2, 4, 1, CACHE_LRU, NULL, 0, 1, 1, 1, &st, &err) == -1, "C < K accepted");
-        CHECK(cache_simulate(s, 1, 1, 2, 4, 5, CACHE_LRU, NULL, 0, 1, 1, 1, &st, &err) == -1, "C > E accepted");
+        CHECK(cache_simulate(s, 1, 1, 2, 4, 1, CACHE_LRU, NULL, 0, 1, 1, 1, 1, &st, &err) == -1, "C < K accepted");
+        CHECK(cache_simulate(s, 1, 1, 2, 4, 5, CACHE_LRU, NULL, 0, 1, 1, 1, 1, &st, &err) == -1, "C > E accepted");
     }
     test_end();
 
