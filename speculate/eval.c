@@ -75,6 +75,10 @@ int specdata_init(SpecData *sd, const Trace *t, const SplitSpec *split, int D, i
         return moe_err_set(err, "split fractions val %.3f test %.3f invalid", (double)split->val_frac,
                            (double)split->test_frac);
     size_t n = t->n, M = (size_t)sd->M, K = (size_t)sd->K, E = (size_t)sd->E;
+    double trans_bytes = 4.0 * D * (double)M * (double)E * (double)E;
+    if (trans_bytes > 4e9)
+        return moe_err_set(err, "%s: transition table for E = %zu, %zu MoE layers, lookahead %d needs %.1f GB (limit 4 GB)",
+                           t->h.model, E, M, D, trans_bytes / 1e9);
     sd->split_of = mallocCheck(n ? n : 1);
     sd->prev = mallocCheck(sizeof(int32_t) * (n ? n : 1));
     sd->top1 = mallocCheck(sizeof(uint16_t) * (n ? n * M : 1));
