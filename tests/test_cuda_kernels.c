@@ -470,6 +470,33 @@ static void test_moe_ffn(const char *name, int E, int K, int G, int topG, int sc
     test_end();
 }
 
+// grouped GEMM with expert blocks larger than a tile, an empty expert, k not a multiple of 16
+static void test_grouped_gemm(void) {
+    test_begin("cuda_grouped_gemm_multi_tile");
+    int E = 3, IC = 37, OC = 70, cnt[3] = {70, 0, 133}, off[4] = {0, 70, 70, 203}, rows = off[E];
+    float *x = rand_buf((size_t)rows * IC, 1.0f), *w = rand_buf((size_t)E * OC * IC, 1.0f);
+    float *dout = rand_buf((size_t)rows * OC, 1.0f), *dx = rand_buf((size_t)rows * IC, 0.1f);
+    float *dw = rand_buf((size_t)E * OC * IC, 0.1f), *out = (float *)mallocCheck(sizeof(float) * rows * OC);
+    float *d_x = (float *)to_dev(x, sizeof(float) * rows * IC), *d_w = (float *)to_dev(w, sizeof(float) * E * OC * IC);
+    float *d_dout = (float *)to_dev(dout, sizeof(float) * rows * OC), *d_dx = (float *)to_dev(dx, sizeof(float) * rows * IC);
+    float *d_dw = (float *)to_dev(dw, sizeof(float) * E * OC * IC), *d_out = (float *)cu_malloc(sizeof(float) * rows * OC);
+    int *d_off = (int *)to_dev(off, sizeof off);
+    for (int e = 0; e < E; e++) {
+        if (!cnt[e]) continue;
+        matmul_forward(out + (size_t)off[e] * OC, x + (size_t)off[e] * IC, w + (size_t)e * OC * IC, cnt[e], IC, OC);
+        matmul_backward(dx + (size_t)off[e] * IC, dw + (size_t)e * OC * IC, dout + (size_t)off[e] * OC,
+                        x + (size_t)off[e] * IC, w + (size_t)e * OC * IC, cnt[e], IC, OC);
+    }
+    cu_grouped_matmul_forward(d_out, d_x, d_w, d_off, E, 140, IC, OC);
+    cu_grouped_matmul_backward(d_dx, d_dw, d_dout, d_x, d_w, d_off, E, 140, IC, OC);
+    check_dev("out", d_out, out, (size_t)rows * OC, ATOL, RTOL);
+    check_dev("dinp", d_dx, dx, (size_t)rows * IC, ATOL, RTOL);
+    check_dev("dweight", d_dw, dw, (size_t)E * OC * IC, ATOL, RTOL);
+    cu_free(d_x), cu_free(d_w), cu_free(d_dout), cu_free(d_dx), cu_free(d_dw), cu_free(d_out), cu_free(d_off);
+    free(x), free(w), free(dout), free(dx), free(dw), free(out);
+    test_end();
+}
+
 // ---- optimizer --------------------------------------------------------------------------------
 
 static void test_optim(void) {
@@ -736,6 +763,7 @@ int main(void) {
     test_end();
     test_moe_ffn("cuda_moe_ffn_fwd_bwd_dropless", 6, 2, 3, 2, SCORE_SIGMOID, 0.0f);
     test_moe_ffn("cuda_moe_ffn_fwd_bwd_capacity", 5, 2, 1, 1, SCORE_SOFTMAX, 0.6f);
+    test_grouped_gemm();
     test_optim();
     test_bf16();
     return test_summary();

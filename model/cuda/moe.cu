@@ -140,55 +140,98 @@ __global__ void moe_gather_kernel(float *xe, const float *x, const int *perm, co
 // ---- grouped GEMM --------------------------------------------------------------------------------
 // For expert e = blockIdx.z and its rows [off[e], off[e+1]):
 //   Cm[r, col] (+)= sum_kk A[r, kk] * Bm(kk, col),  Bm(kk, col) = transB ? B_e[col, kk] : B_e[kk, col]
-// A (rows, Kd) ld Kd; Cm (rows, Nc) ld Nc; B_e = B + e * Kd * Nc. 16x16 tiles.
-#define GT 16
+// A (rows, Kd) ld Kd; Cm (rows, Nc) ld Nc; B_e = B + e * Kd * Nc.
+// 64 x 64 output tiles, 256 threads with 4 x 4 outputs each, k in steps of 16 through shared
+// memory. Blocks past the expert's last row leave at once (uniformly, before any barrier).
+#define GM 64
+#define GK 16
+#define GPAD 4
 __global__ void grouped_rows_kernel(float *Cm, const float *A, const float *B, const int *off, int Kd, int Nc,
                                     int transB, int accumulate) {
-    SHARED_ARRAY2(float, As, GT, GT + 1);
-    SHARED_ARRAY2(float, Bs, GT, GT + 1);
+    SHARED_ARRAY2(float, As, GK, GM + GPAD);  // As[k][row]
+    SHARED_ARRAY2(float, Bs, GK, GM + GPAD);  // Bs[k][col]
     int e = blockIdx.z;
-    int rbeg = off[e], rend = off[e + 1];
-    int r0 = rbeg + blockIdx.y * GT;
-    if (r0 >= rend) return;  // the whole block, before any barrier
-    int tx = threadIdx.x, ty = threadIdx.y;
-    int r = r0 + ty, col = blockIdx.x * GT + tx;
+    int rend = off[e + 1], r0 = off[e] + blockIdx.y * GM, c0 = blockIdx.x * GM;
+    if (r0 >= rend) return;
+    int tid = threadIdx.x, tr = tid / 16, tc = tid % 16;
     const float *Be = B + (long)e * Kd * Nc;
-    float acc = 0.0f;
-    for (int k0 = 0; k0 < Kd; k0 += GT) {
-        As[ty][tx] = (r < rend && k0 + tx < Kd) ? A[(long)r * Kd + k0 + tx] : 0.0f;
-        int bc = blockIdx.x * GT + ty, bk = k0 + tx;  // Bs[tx][ty] = Bm(bk, bc): transposed fill
-        float bv = 0.0f;
-        if (bc < Nc && bk < Kd) bv = transB ? Be[(long)bc * Kd + bk] : Be[(long)bk * Nc + bc];
-        Bs[tx][ty] = bv;
+    float acc[4][4];
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++) acc[i][j] = 0.0f;
+    for (int k0 = 0; k0 < Kd; k0 += GK) {
+        for (int q = 0; q < 4; q++) {
+            int idx = tid + 256 * q;
+            int rr = idx / GK, kk = idx % GK, r = r0 + rr, k = k0 + kk;
+            As[kk][rr] = (r < rend && k < Kd) ? A[(long)r * Kd + k] : 0.0f;
+            int col, bk;
+            if (transB) col = idx / GK, bk = idx % GK;  // consecutive threads walk k: coalesced
+            else bk = idx / GM, col = idx % GM;          // consecutive threads walk columns
+            int cc = c0 + col, kb = k0 + bk;
+            float bv = 0.0f;
+            if (cc < Nc && kb < Kd) bv = transB ? Be[(long)cc * Kd + kb] : Be[(long)kb * Nc + cc];
+            Bs[bk][col] = bv;
+        }
         __syncthreads();
-        for (int kk = 0; kk < GT; kk++) acc += As[ty][kk] * Bs[kk][tx];
+        for (int kk = 0; kk < GK; kk++) {
+            float a[4], b[4];
+            for (int i = 0; i < 4; i++) a[i] = As[kk][tr * 4 + i];
+            for (int j = 0; j < 4; j++) b[j] = Bs[kk][tc * 4 + j];
+            for (int i = 0; i < 4; i++)
+                for (int j = 0; j < 4; j++) acc[i][j] += a[i] * b[j];
+        }
         __syncthreads();
     }
-    if (r < rend && col < Nc) {
-        float *c = Cm + (long)r * Nc + col;
-        *c = accumulate ? *c + acc : acc;
+    for (int i = 0; i < 4; i++) {
+        int r = r0 + tr * 4 + i;
+        if (r >= rend) break;
+        for (int j = 0; j < 4; j++) {
+            int col = c0 + tc * 4 + j;
+            if (col >= Nc) break;
+            float *c = Cm + (long)r * Nc + col;
+            *c = accumulate ? *c + acc[i][j] : acc[i][j];
+        }
     }
 }
 
-// dW_e (OC, IC) += dout_e^T (OC, rows) @ inp_e (rows, IC)
+// dW_e (OC, IC) += dout_e^T (OC, rows) @ inp_e (rows, IC): 64 x 64 tiles of dW, the expert's
+// rows in steps of 16
 __global__ void grouped_wgrad_kernel(float *dW, const float *dout, const float *inp, const int *off, int IC, int OC) {
-    SHARED_ARRAY2(float, Ds, GT, GT + 1);
-    SHARED_ARRAY2(float, Is, GT, GT + 1);
+    SHARED_ARRAY2(float, Ds, GK, GM + GPAD);  // Ds[row][o]
+    SHARED_ARRAY2(float, Is, GK, GM + GPAD);  // Is[row][i]
     int e = blockIdx.z;
     int rbeg = off[e], rend = off[e + 1];
-    int tx = threadIdx.x, ty = threadIdx.y;
-    int o = blockIdx.y * GT + ty, i = blockIdx.x * GT + tx;
-    float acc = 0.0f;
-    for (int r0 = rbeg; r0 < rend; r0 += GT) {
-        int rr = r0 + ty;  // Ds[ty][tx] = dout[r0 + ty, o-tile + tx]
-        int oc = blockIdx.y * GT + tx;
-        Ds[ty][tx] = (rr < rend && oc < OC) ? dout[(long)rr * OC + oc] : 0.0f;
-        Is[ty][tx] = (rr < rend && i < IC) ? inp[(long)rr * IC + i] : 0.0f;
+    int o0 = blockIdx.y * GM, i0 = blockIdx.x * GM;
+    int tid = threadIdx.x, tr = tid / 16, tc = tid % 16;
+    float acc[4][4];
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++) acc[i][j] = 0.0f;
+    for (int r0 = rbeg; r0 < rend; r0 += GK) {
+        for (int q = 0; q < 4; q++) {
+            int idx = tid + 256 * q;
+            int kk = idx / GM, col = idx % GM, r = r0 + kk;
+            Ds[kk][col] = (r < rend && o0 + col < OC) ? dout[(long)r * OC + o0 + col] : 0.0f;
+            Is[kk][col] = (r < rend && i0 + col < IC) ? inp[(long)r * IC + i0 + col] : 0.0f;
+        }
         __syncthreads();
-        for (int kk = 0; kk < GT; kk++) acc += Ds[kk][ty] * Is[kk][tx];
+        for (int kk = 0; kk < GK; kk++) {
+            float a[4], b[4];
+            for (int i = 0; i < 4; i++) a[i] = Ds[kk][tr * 4 + i];
+            for (int j = 0; j < 4; j++) b[j] = Is[kk][tc * 4 + j];
+            for (int i = 0; i < 4; i++)
+                for (int j = 0; j < 4; j++) acc[i][j] += a[i] * b[j];
+        }
         __syncthreads();
     }
-    if (o < OC && i < IC) dW[(long)e * OC * IC + (long)o * IC + i] += acc;
+    if (rend == rbeg) return;  // nothing to add
+    for (int i = 0; i < 4; i++) {
+        int o = o0 + tr * 4 + i;
+        if (o >= OC) break;
+        for (int j = 0; j < 4; j++) {
+            int ii = i0 + tc * 4 + j;
+            if (ii >= IC) break;
+            dW[(long)e * OC * IC + (long)o * IC + ii] += acc[i][j];
+        }
+    }
 }
 
 // ---- combine ----------------------------------------------------------------------------------------
@@ -365,19 +408,19 @@ void cu_moe_gather(float *xe, const float *x, const int *perm, const int *expert
 
 void cu_grouped_matmul_forward(float *out, const float *inp, const float *w, const int *expert_off, int E,
                                int max_rows, int IC, int OC) {
-    dim3 grid(ceil_div(OC, GT), ceil_div(max_rows, GT), E), block(GT, GT);
-    LAUNCH(grouped_rows_kernel, grid, block, 0, 0, out, inp, w, expert_off, IC, OC, 1, 0);
+    dim3 grid(ceil_div(OC, GM), ceil_div(max_rows, GM), E);
+    LAUNCH(grouped_rows_kernel, grid, 256, 0, 0, out, inp, w, expert_off, IC, OC, 1, 0);
 }
 
 void cu_grouped_matmul_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
                                 const int *expert_off, int E, int max_rows, int IC, int OC) {
     if (dinp) {
-        dim3 grid(ceil_div(IC, GT), ceil_div(max_rows, GT), E), block(GT, GT);
-        LAUNCH(grouped_rows_kernel, grid, block, 0, 0, dinp, dout, w, expert_off, OC, IC, 0, 1);
+        dim3 grid(ceil_div(IC, GM), ceil_div(max_rows, GM), E);
+        LAUNCH(grouped_rows_kernel, grid, 256, 0, 0, dinp, dout, w, expert_off, OC, IC, 0, 1);
     }
     if (dw) {
-        dim3 grid(ceil_div(IC, GT), ceil_div(OC, GT), E), block(GT, GT);
-        LAUNCH(grouped_wgrad_kernel, grid, block, 0, 0, dw, dout, inp, expert_off, IC, OC);
+        dim3 grid(ceil_div(IC, GM), ceil_div(OC, GM), E);
+        LAUNCH(grouped_wgrad_kernel, grid, 256, 0, 0, dw, dout, inp, expert_off, IC, OC);
     }
 }
 
