@@ -54,6 +54,60 @@ static void test_metrics_hand(void) {
     test_end();
 }
 
+// frequent and prev-token baselines on a hand-made trace: E 6, K 2, 3 layers; every token of a
+// sequence uses the same experts {s % 6, (s + 1) % 6} at every layer, except that expert 5
+// appears in every record at layer 2 (so it is the most frequent expert there).
+static void test_simple_baselines(void) {
+    test_begin("frequent_and_prev_token_baselines_hand_made");
+    TraceHeader h;
+    memset(&h, 0, sizeof h);
+    snprintf(h.model, sizeof h.model, "hand");
+    h.E = 6, h.K = 2, h.n_layers = 3, h.n_domains = 1;
+    for (int l = 0; l < 3; l++) h.layer_idx[l] = l;
+    Trace t;
+    MoeErr err;
+    int n_seq = 40, len = 5;
+    CHECK(trace_alloc(&t, &h, (size_t)n_seq * len, &err) == 0, "%s", err.msg);
+    for (int s = 0, i = 0; s < n_seq; s++)
+        for (int p = 0; p < len; p++, i++) {
+            t.seq[i] = (uint32_t)s, t.pos[i] = (uint32_t)p, t.token[i] = (uint32_t)p;
+            for (int l = 0; l < 3; l++) {
+                uint16_t a = (uint16_t)(s % 5), b = (uint16_t)((s + 1) % 5);
+                if (l == 2) b = 5;
+                t.ids[(i * 3 + l) * 2] = a, t.ids[(i * 3 + l) * 2 + 1] = b;
+                t.weights[(i * 3 + l) * 2] = 0.7f, t.weights[(i * 3 + l) * 2 + 1] = 0.3f;
+            }
+        }
+    SplitSpec sp = {.seed = 3, .val_frac = 0.1f, .test_frac = 0.3f};
+    SpecData sd;
+    CHECK(specdata_init(&sd, &t, &sp, 2, 3, &err) == 0, "%s", err.msg);
+    float sc[SPEC_MAX_D * 6];
+    uint16_t top[3];
+    uint64_t rng = 1;
+    // frequent at layer 2: expert 5 first (in every record)
+    method_scores(&sd, METHOD_FREQUENT, 7, 1, sc, &rng, NULL);
+    rank_top(sc, sd.freq + 2 * 6, 6, 2, top);
+    CHECK(top[0] == 5, "frequent top at layer 2 is %d, expected 5", top[0]);
+    // prev-token: record 7 (seq 1, pos 2) predicts its previous token's set {1, 2} at layer 1+1=2 -> {1, 5}
+    method_scores(&sd, METHOD_PREVTOK, 7, 0, sc, &rng, NULL);
+    rank_top(sc, sd.freq + 1 * 6, 6, 2, top);
+    CHECK(top[0] == 1 && top[1] == 2, "prev-token at layer 1: %d %d, expected 1 2", top[0], top[1]);
+    rank_top(sc + 6, sd.freq + 2 * 6, 6, 2, top);
+    CHECK(top[0] == 1 && top[1] == 5, "prev-token at layer 2: %d %d, expected 1 5", top[0], top[1]);
+    // no previous token at position 0 (record 10 = seq 2, pos 0): falls back to frequency order
+    CHECK(sd.prev[10] == -1 && sd.prev[11] == 10, "prev links %d %d", sd.prev[10], sd.prev[11]);
+    // the prev-token baseline is exact on every token but the first of a sequence
+    Metrics mt;
+    evaluate(&sd, METHOD_PREVTOK, SPLIT_TEST, &mt, 1);
+    MetricSum all = metrics_total(&mt, -1, -1, -1);
+    double first = 1.0 / len;  // share of tasks at position 0
+    CHECK(all.exact / all.n >= 1 - first - 1e-9, "prev-token exact %.4f, expected >= %.4f", all.exact / all.n, 1 - first);
+    metrics_free(&mt);
+    specdata_free(&sd);
+    trace_free(&t);
+    test_end();
+}
+
 static void test_splits(const Trace *t) {
     test_begin("splits_no_sequence_in_two_splits");
     SplitSpec sp = {.seed = 17, .val_frac = 0.1f, .test_frac = 0.2f};
@@ -337,6 +391,7 @@ int main(void) {
         return 1;
     }
     test_metrics_hand();
+    test_simple_baselines();
     test_splits(&t);
     test_baselines(&t, sc.p, sc.q);
     test_gradcheck(&t, SPEC_LOSS_BCE_RANK, 1, 0);
