@@ -49,9 +49,10 @@ static int in_list(const char *s, const char **list) {
 }
 
 // On resume, take the data paths of the original run from runs/NAME/run.json unless given.
-static void resume_data_paths(TrainOpts *o, Flag *flags, int nf) {
+// With --init-from, only the data paths and the tokenizer are taken from the parent's run.
+static void resume_data_paths(TrainOpts *o, Flag *flags, int nf, const char *run_name, int with_schedule) {
     char path[2200];
-    snprintf(path, sizeof path, "%s/%s/run.json", o->runs_dir, o->name);
+    snprintf(path, sizeof path, "%s/%s/run.json", o->runs_dir, run_name);
     char *js = NULL;
     size_t n = 0;
     MoeErr err;
@@ -74,7 +75,7 @@ static void resume_data_paths(TrainOpts *o, Flag *flags, int nf) {
     const char *ifl[7] = {"val-every", "val-batches", "sample-every", "ckpt-every", "keep-ckpts", "report-every", "log-every"};
     int *idst[7] = {&o->val_every, &o->val_batches, &o->sample_every, &o->ckpt_every, &o->keep_ckpts, &o->report_every,
                     &o->log_every};
-    for (int i = 0; i < 7; i++) {
+    for (int i = 0; i < 7 && with_schedule; i++) {
         const cJSON *v = tr ? cJSON_GetObjectItemCaseSensitive(tr, ikeys[i]) : NULL;
         if (cJSON_IsNumber(v) && !flags_find(flags, nf, ifl[i])->set) *idst[i] = v->valueint;
     }
@@ -160,7 +161,7 @@ int trainer_resolve_options(TrainOpts *o, Flag *flags, int nf) {
         o->beta1 = st.beta1;
         o->beta2 = st.beta2;
         o->seed = st.seed;
-        resume_data_paths(o, flags, nf);
+        resume_data_paths(o, flags, nf, o->name, 1);
     } else if (o->init_from[0]) {
         char path[FLAG_STR_LEN];
         if (ckpt_resolve(o->init_from, path, sizeof path, &err) != 0) {
@@ -204,6 +205,16 @@ int trainer_resolve_options(TrainOpts *o, Flag *flags, int nf) {
         if (len < cap) snprintf(js + len, cap - len, "}");
         o->cfg = cfg;
         snprintf(o->init_from, sizeof o->init_from, "%s", path);
+        if (st.run_name[0]) resume_data_paths(o, flags, nf, st.run_name, 0);
+        // the training options of the parent, unless given on the command line
+#define INHERIT(fl, dst, src) \
+    if (!flags_find(flags, nf, fl)->set) o->dst = st.src;
+        INHERIT("batch-size", batch_size, batch_size) INHERIT("seq-len", seq_len, seq_len)
+        INHERIT("grad-accum", grad_accum, grad_accum) INHERIT("warmup-steps", warmup_steps, warmup_steps)
+        INHERIT("max-steps", max_steps, max_steps) INHERIT("lr", lr, lr) INHERIT("min-lr", min_lr, min_lr)
+        INHERIT("weight-decay", weight_decay, weight_decay) INHERIT("grad-clip", grad_clip, grad_clip)
+        INHERIT("beta1", beta1, beta1) INHERIT("beta2", beta2, beta2) INHERIT("seed", seed, seed)
+#undef INHERIT
         if (!flags_find(flags, nf, "name")->set) {
             fprintf(stderr, "error: --init-from starts a new run: give it a name with --name\n");
             return -1;
@@ -712,6 +723,13 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
             }
             printf("initialised from %s (step %lld of run '%s'), optimizer state %s\n", o->init_from,
                    (long long)st.step, st.run_name, o->keep_optimizer ? "kept" : "reset");
+            // continue with the data the parent would have seen next when the order is the same
+            if (st.seed == o->seed && st.batch_size == o->batch_size && st.seq_len == o->seq_len &&
+                dataloader_set_state(train, &st.train_loader, &err) == 0)
+                printf("data: continuing the parent's order at epoch %lld, window %lld\n",
+                       (long long)st.train_loader.epoch, (long long)st.train_loader.position);
+            else
+                printf("data: a new order (the seed, batch size or sequence length differs from the parent's)\n");
         }
     }
     if (make_dirs(run_dir, &err) != 0 || make_dirs(ckpt_dir, &err) != 0) {
