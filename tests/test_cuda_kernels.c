@@ -752,6 +752,9 @@ int main(void) {
     test_matmul();
     test_attention_case("cuda_attention_T37_dqk10_dv7", 2, 37, 3, 10, 7);
     test_attention_case("cuda_attention_T70_dqk40_dv36", 1, 70, 2, 40, 36);
+    test_attention_case("cuda_attention_T5_shorter_than_a_tile", 3, 5, 2, 12, 8);
+    // head sizes whose K/V chunk does not fit 48 KiB: the untiled forward kernel
+    test_attention_case("cuda_attention_untiled_dqk256_dv200", 1, 35, 1, 256, 200);
     test_route("cuda_moe_route_sigmoid_bias_groups", 12, 3, 4, 2, SCORE_SIGMOID, 1);
     test_route("cuda_moe_route_sigmoid_nobias_groups", 12, 3, 4, 2, SCORE_SIGMOID, 0);
     test_route("cuda_moe_route_softmax", 9, 2, 1, 1, SCORE_SOFTMAX, 0);

@@ -62,6 +62,75 @@ __global__ void attention_forward_kernel(float *out, float *lse, const float *q,
     if (lane == 0) lse[row] = m + logf(l);
 }
 
+// The same computation with K and V shared by the block: ATT_TW warps take ATT_TW consecutive
+// query rows of one (b, h); each chunk of 32 keys is loaded once into shared memory for all of
+// them (ATT_TW times less K/V traffic). Every warp takes part in every load and barrier (the
+// chunk loop is uniform over the block); a warp whose row is past T or before the chunk only
+// skips the arithmetic.
+#define ATT_TW 8
+__global__ void attention_forward_tiled_kernel(float *out, float *lse, const float *q, const float *k, const float *v,
+                                               int B, int T, int H, int dqk, int dv, float scale) {
+    DYNAMIC_SHARED(float, smem);  // K chunk (32, dqk + 1) | V chunk (32, dv) | q rows (ATT_TW, dqk)
+    (void)B;  // the grid covers B * H * tiles
+    int kst = dqk + 1;            // padded: lane j reads row j, stride dqk + 1 avoids bank conflicts
+    float *ks = smem, *vsm = ks + 32 * kst, *qsm = vsm + 32 * dv;
+    int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+    int tiles = (T + ATT_TW - 1) / ATT_TW;
+    int tile = blockIdx.x % tiles, bh = blockIdx.x / tiles, h = bh % H, b = bh / H;
+    int t0 = tile * ATT_TW, t = t0 + w;
+    int t_last = t0 + ATT_TW - 1 < T - 1 ? t0 + ATT_TW - 1 : T - 1;
+    int valid = t < T;
+    long qs = (long)H * dqk, vs = (long)H * dv;
+    const float *kb = k + (long)b * T * qs + (long)h * dqk;
+    const float *vb = v + (long)b * T * vs + (long)h * dv;
+    float *qrow = qsm + w * dqk;
+    for (int i = lane; i < dqk; i += 32) qrow[i] = valid ? q[((long)b * T + t) * qs + (long)h * dqk + i] : 0.0f;
+    float acc[ATT_PER_LANE];
+    for (int j = 0; j < ATT_PER_LANE; j++) acc[j] = 0.0f;
+    float m = -FLT_MAX, l = 0.0f;
+    for (int s0 = 0; s0 <= t_last; s0 += 32) {
+        int nk = t_last - s0 + 1 < 32 ? t_last - s0 + 1 : 32;  // keys of the chunk any row needs
+        __syncthreads();  // the previous chunk is consumed
+        for (int i = threadIdx.x; i < nk * dqk; i += blockDim.x) ks[(i / dqk) * kst + i % dqk] = kb[(long)(s0 + i / dqk) * qs + i % dqk];
+        for (int i = threadIdx.x; i < nk * dv; i += blockDim.x) vsm[i] = vb[(long)(s0 + i / dv) * vs + i % dv];
+        __syncthreads();
+        if (!valid || s0 > t) continue;  // uniform over the warp
+        int s = s0 + lane;
+        float sc = -FLT_MAX;
+        if (s <= t) {
+            const float *kr = ks + lane * kst;
+            float d = 0.0f;
+            for (int i = 0; i < dqk; i++) d += qrow[i] * kr[i];
+            sc = scale * d;
+        }
+        float mnew = fmaxf(m, warp_max(sc));
+        float p = s <= t ? expf(sc - mnew) : 0.0f;
+        float corr = expf(m - mnew);
+        l = l * corr + warp_sum(p);
+        for (int j = 0; j < ATT_PER_LANE; j++) acc[j] *= corr;
+        int n = t - s0 + 1 < 32 ? t - s0 + 1 : 32;
+        for (int jj = 0; jj < n; jj++) {
+            float pj = __shfl_sync(0xffffffffu, p, jj);
+            const float *vr = vsm + jj * dv;
+            for (int j = 0; j < ATT_PER_LANE; j++) {
+                int d = lane + 32 * j;
+                if (d < dv) acc[j] += pj * vr[d];
+            }
+        }
+        m = mnew;
+    }
+    if (!valid) return;  // after the last barrier
+    float inv = 1.0f / l;
+    float *orow = out + ((long)b * T + t) * vs + (long)h * dv;
+    for (int j = 0; j < ATT_PER_LANE; j++) {
+        int d = lane + 32 * j;
+        if (d < dv) orow[d] = acc[j] * inv;
+    }
+    if (lane == 0) lse[((long)b * H + h) * T + t] = m + logf(l);
+}
+
+static size_t tiled_smem(int dqk, int dv) { return sizeof(float) * (32 * (size_t)(dqk + 1) + 32 * (size_t)dv + ATT_TW * (size_t)dqk); }
+
 // Dsum (B, H, T) = sum_d dout * out per query row
 __global__ void attention_dsum_kernel(float *dsum, const float *dout, const float *out, int B, int T, int H, int dv) {
     int lane = threadIdx.x % 32;
@@ -181,6 +250,13 @@ void cu_attention_forward(float *out, float *lse, const float *q, const float *k
                           int dqk, int dv, float scale) {
     check_head_dims(dqk, dv);
     long rows = (long)B * H * T;
+    size_t smem = tiled_smem(dqk, dv);
+    if (smem <= 48 * 1024) {  // MLA head sizes fit; larger heads take the untiled kernel
+        long blocks = (long)B * H * ((T + ATT_TW - 1) / ATT_TW);
+        LAUNCH(attention_forward_tiled_kernel, (int)blocks, 32 * ATT_TW, smem, 0, out, lse, q, k, v, B, T, H, dqk, dv,
+               scale);
+        return;
+    }
     LAUNCH(attention_forward_kernel, ceil_div(rows, ATT_WARPS), 32 * ATT_WARPS, sizeof(float) * ATT_WARPS * dqk, 0,
            out, lse, q, k, v, B, T, H, dqk, dv, scale);
 }
