@@ -386,22 +386,26 @@ void spec_adam_free(SpecAdam *a) {
     a->m = a->v = NULL;
 }
 
+void spec_adam_block(const SpecAdam *a, SpecModel *m, int blk, float *grad, float bc1, float bc2) {
+    size_t off = m->blk_off[blk], len = m->blk_len[blk];
+    float wd = m->blk_decay[blk] ? a->wd : 0.0f;
+    float *p = m->params + off, *mm = a->m + off, *vv = a->v + off;
+    for (size_t i = 0; i < len; i++) {
+        float gi = grad[i];
+        mm[i] = a->beta1 * mm[i] + (1 - a->beta1) * gi;
+        vv[i] = a->beta2 * vv[i] + (1 - a->beta2) * gi * gi;
+        p[i] -= a->lr * ((mm[i] / bc1) / (sqrtf(vv[i] / bc2) + a->eps) + wd * p[i]);
+        grad[i] = 0;
+    }
+}
+
 void spec_adam_step(SpecAdam *a, SpecModel *m, SpecGrad *g) {
     a->t++;
     float bc1 = 1.0f - powf(a->beta1, (float)a->t), bc2 = 1.0f - powf(a->beta2, (float)a->t);
 #pragma omp parallel for schedule(dynamic, 16)
     for (int j = 0; j < g->n_list; j++) {
         int blk = g->list[j];
-        size_t off = m->blk_off[blk], len = m->blk_len[blk];
-        float wd = m->blk_decay[blk] ? a->wd : 0.0f;
-        float *p = m->params + off, *gr = g->g + off, *mm = a->m + off, *vv = a->v + off;
-        for (size_t i = 0; i < len; i++) {
-            float gi = gr[i];
-            mm[i] = a->beta1 * mm[i] + (1 - a->beta1) * gi;
-            vv[i] = a->beta2 * vv[i] + (1 - a->beta2) * gi * gi;
-            p[i] -= a->lr * ((mm[i] / bc1) / (sqrtf(vv[i] / bc2) + a->eps) + wd * p[i]);
-            gr[i] = 0;
-        }
+        spec_adam_block(a, m, blk, g->g + m->blk_off[blk], bc1, bc2);
     }
     g->n_list = 0;
     g->step++;

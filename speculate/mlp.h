@@ -113,6 +113,8 @@ typedef struct {
 void spec_adam_init(SpecAdam *a, const SpecModel *m, float lr, float wd);
 void spec_adam_free(SpecAdam *a);
 void spec_adam_step(SpecAdam *a, SpecModel *m, SpecGrad *g);  // also zeroes g's touched blocks
+// One block's update (a->t already advanced; bc1, bc2 = bias corrections); zeroes grad.
+void spec_adam_block(const SpecAdam *a, SpecModel *m, int blk, float *grad, float bc1, float bc2);
 
 int spec_save(const SpecModel *m, const char *path, MoeErr *err);
 int spec_load(SpecModel *m, const char *path, MoeErr *err);

@@ -2,6 +2,7 @@
 // accumulate sparse gradients, AdamW, early stopping on validation recall@K.
 #include "train.h"
 
+#include <math.h>
 #include <omp.h>
 
 double spec_recall(const SpecModel *m, const SpecData *sd, int split, size_t max_rec) {
@@ -39,8 +40,8 @@ double spec_recall(const SpecModel *m, const SpecData *sd, int split, size_t max
     return cnt > 0 ? sum / cnt : 0;
 }
 
-// sum the threads' gradients into G (touched blocks only) and clear them
-static void reduce_grads(const SpecModel *m, SpecGrad *G, SpecGrad *T, int nt) {
+// sum the threads' gradients (touched blocks only) and apply AdamW, in one parallel loop
+static void reduce_and_step(SpecModel *m, SpecAdam *adam, SpecGrad *G, SpecGrad *T, int nt) {
     for (int t = 0; t < nt; t++) {
         for (int j = 0; j < T[t].n_list; j++) {
             int b = T[t].list[j];
@@ -50,6 +51,8 @@ static void reduce_grads(const SpecModel *m, SpecGrad *G, SpecGrad *T, int nt) {
             }
         }
     }
+    adam->t++;
+    float bc1 = 1.0f - powf(adam->beta1, (float)adam->t), bc2 = 1.0f - powf(adam->beta2, (float)adam->t);
 #pragma omp parallel for schedule(dynamic, 16)
     for (int j = 0; j < G->n_list; j++) {
         int b = G->list[j];
@@ -62,7 +65,10 @@ static void reduce_grads(const SpecModel *m, SpecGrad *G, SpecGrad *T, int nt) {
                 src[i] = 0;
             }
         }
+        spec_adam_block(adam, m, b, G->g + off, bc1, bc2);
     }
+    G->n_list = 0;
+    G->step++;
     for (int t = 0; t < nt; t++) {
         T[t].n_list = 0;
         T[t].step++;
@@ -125,8 +131,7 @@ int spec_train(SpecModel *m, const SpecData *sd, const SpecTrainOpts *o, SpecTra
                 }
             }
             loss_sum += bl;
-            reduce_grads(m, &G, T, nt);
-            spec_adam_step(&adam, m, &G);
+            reduce_and_step(m, &adam, &G, T, nt);
         }
         double val = spec_recall(m, sd, val_split, o->max_val);
         log->epochs_run = ep;

@@ -9,7 +9,7 @@ bin="$BUILD/speculate"
 if [ ! -x "$bin" ]; then echo "FAIL speculate_binary: $bin not built"; exit 1; fi
 d=$(mktemp -d /tmp/moe_speculate_XXXXXX)
 trap 'rm -rf "$d"' EXIT
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 small=(--syn-experts 16 --syn-topk 2 --syn-layers 4 --syn-seqs 60 --hidden 16 --tok-buckets 256 --epochs 3
        --cache-tokens 400 --scenario nf4:8)
 
