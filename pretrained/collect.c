@@ -203,6 +203,9 @@ static void load_sources(Pool *p, const char *spec_list, const char *model_tok_p
             if (file_exists(tp) && file_exists(model_tok_path)) {
                 st = tokenizer_load(tp, &err);
                 if (!st) DIE("%s", err.msg);
+            } else if (file_exists(model_tok_path)) {
+                fprintf(stderr, "collect: warning: %s has no tokenizer.json beside it: its token ids are fed to the model "
+                                "as they are (right only if the shard was made with the model's tokenizer)\n", path);
             }
             p->shard_toks[p->n_shards++] = st;
             for (int64_t d = 0; d < sh->n_docs; d++) {
@@ -219,12 +222,9 @@ static void load_sources(Pool *p, const char *spec_list, const char *model_tok_p
         char nm[64], full[4400];
         if (eq) snprintf(nm, sizeof(nm), "%.*s", (int)(eq - s), s);
         else name_from_path(path, nm, sizeof(nm));
-        int ds = pool_dataset(p, nm);
+        pool_dataset(p, nm);  // datasets keep the order of --data
         snprintf(full, sizeof(full), "%s=%s", nm, path);
-        int64_t before = p->corpus.n_docs;
         if (corpus_read_input(&p->corpus, full, &ro, &err) != 0) DIE("%s", err.msg);
-        (void)before;
-        (void)ds;
     }
     // text documents (corpus arrays are final now, pointers stay valid)
     for (int64_t i = 0; i < p->corpus.n_docs; i++) {
