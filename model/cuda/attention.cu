@@ -237,6 +237,133 @@ __global__ void attention_dkdv_kernel(float *dk, float *dvv, const float *dout, 
     }
 }
 
+// Tiled backward: the dq kernel shares K/V chunks among ATT_TW query rows, the dk/dv kernel
+// shares Q / dout chunks (and their lse, Dsum) among ATT_TW key rows. Same rules as the tiled
+// forward: uniform chunk loops, every warp at every barrier.
+__global__ void attention_dq_tiled_kernel(float *dq, const float *dout, const float *lse, const float *dsum,
+                                          const float *q, const float *k, const float *v, int T, int H, int dqk,
+                                          int dv, float scale) {
+    DYNAMIC_SHARED(float, smem);  // K (32, dqk+1) | V (32, dv+1) | q rows (TW, dqk) | dout rows (TW, dv)
+    int kst = dqk + 1, vst = dv + 1;
+    float *ks = smem, *vsm = ks + 32 * kst, *qsm = vsm + 32 * vst, *dosm = qsm + ATT_TW * dqk;
+    int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+    int tiles = (T + ATT_TW - 1) / ATT_TW;
+    int tile = blockIdx.x % tiles, bh = blockIdx.x / tiles, h = bh % H, b = bh / H;
+    int t0 = tile * ATT_TW, t = t0 + w;
+    int t_last = t0 + ATT_TW - 1 < T - 1 ? t0 + ATT_TW - 1 : T - 1;
+    int valid = t < T;
+    long qs = (long)H * dqk, vs = (long)H * dv;
+    const float *kb = k + (long)b * T * qs + (long)h * dqk;
+    const float *vb = v + (long)b * T * vs + (long)h * dv;
+    float *qrow = qsm + w * dqk, *drow = dosm + w * dv;
+    for (int i = lane; i < dqk; i += 32) qrow[i] = valid ? q[((long)b * T + t) * qs + (long)h * dqk + i] : 0.0f;
+    for (int i = lane; i < dv; i += 32) drow[i] = valid ? dout[((long)b * T + t) * vs + (long)h * dv + i] : 0.0f;
+    long row = ((long)b * H + h) * T + t;
+    float L = valid ? lse[row] : 0.0f, D = valid ? dsum[row] : 0.0f;
+    float acc[ATT_PER_LANE];
+    for (int j = 0; j < ATT_PER_LANE; j++) acc[j] = 0.0f;
+    for (int s0 = 0; s0 <= t_last; s0 += 32) {
+        int nk = t_last - s0 + 1 < 32 ? t_last - s0 + 1 : 32;
+        __syncthreads();
+        for (int i = threadIdx.x; i < nk * dqk; i += blockDim.x) ks[(i / dqk) * kst + i % dqk] = kb[(long)(s0 + i / dqk) * qs + i % dqk];
+        for (int i = threadIdx.x; i < nk * dv; i += blockDim.x) vsm[(i / dv) * vst + i % dv] = vb[(long)(s0 + i / dv) * vs + i % dv];
+        __syncthreads();
+        if (!valid || s0 > t) continue;
+        int s = s0 + lane;
+        float ds = 0.0f;
+        if (s <= t) {
+            const float *kr = ks + lane * kst, *vr = vsm + lane * vst;
+            float d1 = 0.0f, d2 = 0.0f;
+            for (int i = 0; i < dqk; i++) d1 += qrow[i] * kr[i];
+            for (int i = 0; i < dv; i++) d2 += drow[i] * vr[i];
+            float p = expf(scale * d1 - L);
+            ds = p * (d2 - D) * scale;
+        }
+        int n = t - s0 + 1 < 32 ? t - s0 + 1 : 32;
+        for (int jj = 0; jj < n; jj++) {
+            float dsj = __shfl_sync(0xffffffffu, ds, jj);
+            const float *kr = ks + jj * kst;
+            for (int j = 0; j < ATT_PER_LANE; j++) {
+                int d = lane + 32 * j;
+                if (d < dqk) acc[j] += dsj * kr[d];
+            }
+        }
+    }
+    if (!valid) return;
+    float *dqr = dq + ((long)b * T + t) * qs + (long)h * dqk;
+    for (int j = 0; j < ATT_PER_LANE; j++) {
+        int d = lane + 32 * j;
+        if (d < dqk) dqr[d] += acc[j];
+    }
+}
+
+__global__ void attention_dkdv_tiled_kernel(float *dk, float *dvv, const float *dout, const float *lse,
+                                            const float *dsum, const float *q, const float *k, const float *v, int T,
+                                            int H, int dqk, int dv, float scale) {
+    DYNAMIC_SHARED(float, smem);  // Q (32, dqk+1) | dout (32, dv+1) | lse, Dsum (32 each) | k rows (TW, dqk) | v rows (TW, dv)
+    int qst = dqk + 1, dst = dv + 1;
+    float *qsm = smem, *dsm = qsm + 32 * qst, *lsm = dsm + 32 * dst, *Dsm = lsm + 32;
+    float *ksm = Dsm + 32, *vsm = ksm + ATT_TW * dqk;
+    int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+    int tiles = (T + ATT_TW - 1) / ATT_TW;
+    int tile = blockIdx.x % tiles, bh = blockIdx.x / tiles, h = bh % H, b = bh / H;
+    int sb = tile * ATT_TW, s = sb + w;  // key rows of the block start at sb
+    int valid = s < T;
+    long qs = (long)H * dqk, vs = (long)H * dv;
+    const float *qb = q + (long)b * T * qs + (long)h * dqk;
+    const float *dob = dout + (long)b * T * vs + (long)h * dv;
+    const float *lb = lse + ((long)b * H + h) * T, *db = dsum + ((long)b * H + h) * T;
+    float *krow = ksm + w * dqk, *vrow = vsm + w * dv;
+    for (int i = lane; i < dqk; i += 32) krow[i] = valid ? k[((long)b * T + s) * qs + (long)h * dqk + i] : 0.0f;
+    for (int i = lane; i < dv; i += 32) vrow[i] = valid ? v[((long)b * T + s) * vs + (long)h * dv + i] : 0.0f;
+    float ak[ATT_PER_LANE], av[ATT_PER_LANE];
+    for (int j = 0; j < ATT_PER_LANE; j++) ak[j] = av[j] = 0.0f;
+    for (int t0 = sb; t0 < T; t0 += 32) {
+        int nq = T - t0 < 32 ? T - t0 : 32;
+        __syncthreads();
+        for (int i = threadIdx.x; i < nq * dqk; i += blockDim.x) qsm[(i / dqk) * qst + i % dqk] = qb[(long)(t0 + i / dqk) * qs + i % dqk];
+        for (int i = threadIdx.x; i < nq * dv; i += blockDim.x) dsm[(i / dv) * dst + i % dv] = dob[(long)(t0 + i / dv) * vs + i % dv];
+        if ((int)threadIdx.x < nq) {
+            lsm[threadIdx.x] = lb[t0 + threadIdx.x];
+            Dsm[threadIdx.x] = db[t0 + threadIdx.x];
+        }
+        __syncthreads();
+        if (!valid || t0 + 31 < s) continue;  // uniform over the warp
+        int t = t0 + lane;
+        float p = 0.0f, ds = 0.0f;
+        if (t < T && t >= s) {
+            const float *qr = qsm + lane * qst, *dr = dsm + lane * dst;
+            float d1 = 0.0f, d2 = 0.0f;
+            for (int i = 0; i < dqk; i++) d1 += qr[i] * krow[i];
+            for (int i = 0; i < dv; i++) d2 += dr[i] * vrow[i];
+            p = expf(scale * d1 - lsm[lane]);
+            ds = p * (d2 - Dsm[lane]) * scale;
+        }
+        for (int jj = 0; jj < nq; jj++) {
+            float pj = __shfl_sync(0xffffffffu, p, jj);
+            float dsj = __shfl_sync(0xffffffffu, ds, jj);
+            const float *qr = qsm + jj * qst, *dr = dsm + jj * dst;
+            for (int j = 0; j < ATT_PER_LANE; j++) {
+                int d = lane + 32 * j;
+                if (d < dqk) ak[j] += dsj * qr[d];
+                if (d < dv) av[j] += pj * dr[d];
+            }
+        }
+    }
+    if (!valid) return;
+    float *dkr = dk + ((long)b * T + s) * qs + (long)h * dqk;
+    float *dvr = dvv + ((long)b * T + s) * vs + (long)h * dv;
+    for (int j = 0; j < ATT_PER_LANE; j++) {
+        int d = lane + 32 * j;
+        if (d < dqk) dkr[d] += ak[j];
+        if (d < dv) dvr[d] += av[j];
+    }
+}
+
+static size_t tiled_bwd_smem(int dqk, int dv) {
+    return sizeof(float) * (32 * (size_t)(dqk + 1) + 32 * (size_t)(dv + 1) + 64 + ATT_TW * (size_t)(dqk + dv));
+}
+
 static void check_head_dims(int dqk, int dv) {
     if (dqk < 1 || dqk > ATT_MAXD || dv < 1 || dv > ATT_MAXD) {
         fprintf(stderr, "error: cuda attention: head sizes dqk %d dv %d must be in 1..%d\n", dqk, dv, ATT_MAXD);
@@ -269,6 +396,15 @@ void cu_attention_backward(float *dq, float *dk, float *dv, float *scratch, cons
     int grid = ceil_div(rows, ATT_WARPS);
     size_t smem = sizeof(float) * ATT_WARPS * (dqk + dv_dim);
     LAUNCH(attention_dsum_kernel, grid, 32 * ATT_WARPS, 0, 0, scratch, dout, out, B, T, H, dv_dim);
+    size_t tsmem = tiled_bwd_smem(dqk, dv_dim);
+    if (tsmem <= 48 * 1024) {
+        int blocks = (int)((long)B * H * ((T + ATT_TW - 1) / ATT_TW));
+        LAUNCH(attention_dq_tiled_kernel, blocks, 32 * ATT_TW, tsmem, 0, dq, dout, lse, scratch, q, k, v, T, H, dqk,
+               dv_dim, scale);
+        LAUNCH(attention_dkdv_tiled_kernel, blocks, 32 * ATT_TW, tsmem, 0, dk, dv, dout, lse, scratch, q, k, v, T, H,
+               dqk, dv_dim, scale);
+        return;
+    }
     LAUNCH(attention_dq_kernel, grid, 32 * ATT_WARPS, smem, 0, dq, dout, lse, scratch, q, k, v, B, T, H, dqk, dv_dim,
            scale);
     LAUNCH(attention_dkdv_kernel, grid, 32 * ATT_WARPS, smem, 0, dk, dv, dout, lse, scratch, q, k, v, B, T, H, dqk,
