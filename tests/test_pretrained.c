@@ -15,6 +15,7 @@
 #include "test.h"
 
 static char tmpdir[256];
+static int g_reuse_mode = PT_REUSE_MID;  // which state the gate-reuse prediction reads
 
 // ---------------------------------------------------------------------------------------
 // Real configs (as published on the Hugging Face hub)
@@ -371,7 +372,9 @@ static void ref_forward(Ref *r, const int32_t *tok, int T, RefOut *out) {
                 float *b2 = c->arch == PT_DEEPSEEK_V3 ? ref_get(r, 0, "model.layers.%d.mlp.gate.e_score_correction_bias", l2) : NULL;
                 double lg[256], w[64];
                 int ids[64];
-                ref_rms(mid + ((size_t)l * T + t) * C, n22, C, c->rms_norm_eps, xn);
+                // mid: the state entering this layer's MoE FFN; out: the layer's output
+                const double *state = g_reuse_mode == PT_REUSE_OUT ? x + (size_t)t * C : mid + ((size_t)l * T + t) * C;
+                ref_rms(state, n22, C, c->rms_norm_eps, xn);
                 ref_mv(g2, NULL, xn, E, C, lg);
                 ref_route(c, lg, b2, ids, w);
                 for (int k = 0; k < K; k++) out->reuse[((size_t)mi * T + t) * K + k] = ids[k];
@@ -420,7 +423,8 @@ static int run_compare(const char *dir, int quant, int dq, Cmp *cmp, float **log
     for (int i = 0; i < 21; i++) tokens[i] = (int32_t)(rng_next_u64(&rng) % (uint64_t)c->vocab_size);
     float *logits = (float *)mallocCheck((size_t)21 * c->vocab_size * sizeof(float));
     PtRouting rt;
-    if (pt_routing_alloc(&rt, &m, 21, 1, &err) != 0 || pt_forward(&m, tokens, seq_start, 3, logits, &rt, PT_REUSE_MID, &err) != 0) {
+    if (pt_routing_alloc(&rt, &m, 21, 1, &err) != 0 ||
+        pt_forward(&m, tokens, seq_start, 3, logits, &rt, g_reuse_mode, &err) != 0) {
         printf("  forward: %s\n", err.msg);
         pt_model_free(&m);
         free(logits);
@@ -796,6 +800,30 @@ int main(int argc, char **argv) {
             CHECK(m.n_bnb > 50 && m.embed.kind == PT_W_BF16, "bitsandbytes tensors read: %d", m.n_bnb);
             pt_model_free(&m);
         } else CHECK(0, "%s", err.msg);
+    }
+    test_end();
+
+    test_begin("deepseek_reuse_from_layer_output");
+    {
+        snprintf(dir, sizeof(dir), "%s/deepseek_f32", tmpdir);
+        Cmp cm;
+        g_reuse_mode = PT_REUSE_OUT;
+        CHECK(run_compare(dir, PT_QUANT_NONE, 0, &cm, NULL) == 0 && cm.reuse_mismatch == 0 && cm.id_mismatch == 0,
+              "reuse mismatches %lld", (long long)cm.reuse_mismatch);
+        g_reuse_mode = PT_REUSE_MID;
+    }
+    test_end();
+
+    test_begin("deepseek_norm_topk_prob_true");
+    {
+        snprintf(dir, sizeof(dir), "%s/deepseek_f32", tmpdir);
+        edit_config(dir, "\"norm_topk_prob\": false", "\"norm_topk_prob\": true");
+        Cmp cm;
+        CHECK(run_compare(dir, PT_QUANT_NONE, 0, &cm, NULL) == 0 && cm.max_logit_diff < 2e-5 && cm.id_mismatch == 0 &&
+                  cm.max_w_diff < 1e-5,
+              "logit diff %g, weight diff %g", cm.max_logit_diff, cm.max_w_diff);
+        PtConfig pc;
+        CHECK(pt_config_load(&pc, dir, &err) == 0 && pc.norm_topk_prob, "config edited");
     }
     test_end();
 
