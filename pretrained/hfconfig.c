@@ -294,6 +294,22 @@ int pt_config_parse(PtConfig *c, const char *json, size_t n, const char *path, M
         moe_err_set(err, "%s: fields 'n_routed_experts' / 'num_experts_per_tok' / 'n_group' exceed 4096 / 64 / 256", path);
         goto done;
     }
+    {
+        // an upper bound of the parameter count in double: keeps every int64 size product of
+        // the plan and the loader far from overflow
+        double C = c->hidden_size, w = c->intermediate_size;
+        if (c->moe_intermediate_size > w) w = c->moe_intermediate_size;
+        if (c->shared_expert_intermediate_size > w) w = c->shared_expert_intermediate_size;
+        double attn = 4.0 * C * (double)c->n_heads * 1024.0;
+        double per_layer = ((double)c->n_routed_experts + 2.0 + (double)c->n_shared_experts) * 3.0 * C * w + attn;
+        double total = (double)c->n_layers * per_layer + 2.0 * (double)c->vocab_size * C;
+        if (total > 1e14) {
+            r.failed = 1;
+            moe_err_set(err, "%s: sizes (hidden_size, intermediate sizes, experts, layers, vocab_size) describe more than "
+                             "1e14 parameters", path);
+            goto done;
+        }
+    }
     c->n_moe_layers = 0;
     for (int l = 0; l < c->n_layers; l++) c->n_moe_layers += c->is_moe[l];
 done:

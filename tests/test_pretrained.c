@@ -718,6 +718,50 @@ int main(int argc, char **argv) {
     }
     test_end();
 
+    test_begin("fuzz_config_parser");
+    {
+        // random mutations of the real config: parse must succeed or fail with a message
+        // naming the file, never crash (also under ASan)
+        const char *base = DEEPSEEK_MOE_16B_CONFIG;
+        size_t bl = strlen(base);
+        char *buf = (char *)mallocCheck(bl + 64);
+        uint64_t rng = rng_seed(99);
+        static const char alpha[] = "{}[]\":,0123456789-.eE +truefalsn\\";
+        int ok = 0, bad = 0;
+        double t0 = wall_seconds();
+        for (int it = 0; it < 20000 && wall_seconds() - t0 < 2.0; it++) {
+            memcpy(buf, base, bl);
+            size_t n = bl;
+            int nm = 1 + (int)(rng_next_u64(&rng) % 3);
+            for (int k = 0; k < nm; k++) {
+                size_t pos = rng_next_u64(&rng) % n;
+                int op = (int)(rng_next_u64(&rng) % 3);
+                char ch = alpha[rng_next_u64(&rng) % (sizeof(alpha) - 1)];
+                if (op == 0) buf[pos] = ch;
+                else if (op == 1 && n > 1) { memmove(buf + pos, buf + pos + 1, n - pos - 1); n--; }
+                else if (n < bl + 60) { memmove(buf + pos + 1, buf + pos, n - pos); buf[pos] = ch; n++; }
+            }
+            char *img = (char *)mallocCheck(n);  // exact size: ASan sees any read past the end
+            memcpy(img, buf, n);
+            PtConfig c;
+            if (pt_config_parse(&c, img, n, "fuzz/config.json", &err) == 0) {
+                ok++;
+                CHECK(c.n_layers >= 1 && c.top_k >= 1 && c.top_k <= c.n_routed_experts && c.n_heads % c.n_kv_heads == 0,
+                      "accepted an inconsistent config");
+                PtPlan pl;
+                pt_plan(&c, PT_QUANT_NF4, 1, 2, &pl);
+            } else {
+                bad++;
+                if (!strstr(err.msg, "fuzz/config.json")) { CHECK(0, "message without the file: %s", err.msg); free(img); break; }
+            }
+            free(img);
+        }
+        free(buf);
+        printf("  config fuzz: %d accepted, %d rejected\n", ok, bad);
+        CHECK(ok > 0 && bad > 0, "fuzz coverage");
+    }
+    test_end();
+
     // ------------------------------------------------------------------ tiny models
     for (int arch = 0; arch < 3; arch++) {
         char name[128];
