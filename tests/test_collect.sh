@@ -104,6 +104,23 @@ bad missing_model_dir "config.json" --model "$tmp/nope"
 bad missing_data "$tmp/missing.jsonl" --model "$tmp/deepseek_bf16" --data "$tmp/missing.jsonl:text" --out "$tmp/m.trace"
 bad bad_field "nofield" --model "$tmp/deepseek_bf16" --data "$tmp/imdb.jsonl:nofield" --out "$tmp/m.trace"
 bad bad_quant "--quant" --model "$tmp/deepseek_bf16" --quant int8
+# the other programs of pretrained/: -h lists the flags, unknown flags are refused
+for prog in pt_tiny export bench_nf4; do
+  p="$BUILD/$prog"
+  if [ ! -x "$p" ]; then echo "SKIP ${prog}_cli: $p not built"; continue; fi
+  if "$p" -h > "$tmp/h.out" 2>&1 && grep -q -- "--" "$tmp/h.out"; then
+    "$p" --no-such-flag 1 > /dev/null 2> "$tmp/h.err"; rc=$?
+    if [ $rc -ne 0 ] && [ $rc -lt 128 ] && grep -q "error" "$tmp/h.err"; then pass "${prog}_cli"
+    else fail "${prog}_cli" "unknown flag: rc=$rc"; fi
+  else
+    fail "${prog}_cli" "-h failed"
+  fi
+done
+"$BUILD/export" --ckpt "$tmp/none.ckpt" --out "$tmp/exp" > /dev/null 2> "$tmp/e.err"
+if [ $? -ne 0 ] && grep -q "none.ckpt" "$tmp/e.err"; then pass export_missing_checkpoint; else fail export_missing_checkpoint "$(head -1 "$tmp/e.err")"; fi
+"$TINY" --out "$tmp/t2" --arch llama > /dev/null 2> "$tmp/t.err"
+if [ $? -ne 0 ] && grep -q "arch" "$tmp/t.err"; then pass pt_tiny_bad_arch; else fail pt_tiny_bad_arch "$(head -1 "$tmp/t.err")"; fi
+
 printf '{"model_type": "deepseek", "vocab_size": 320}' > "$tmp/planonly/config.json"
 bad config_missing_field "'hidden_size'" --model "$tmp/planonly" --plan
 exit 0
