@@ -48,4 +48,70 @@ static inline MOE_HD float lm_adamw(float p, float g, float *m, float *v, float 
     return p - lr * (mhat / (sqrtf(vhat) + eps) + wd * p);
 }
 
+// ---- routing (one definition for the CPU reference and the CUDA kernels) ---------------
+
+// scores (E) of one token from its gate logits: sigmoid, or softmax over all experts
+static inline MOE_HD void lm_gate_scores(float *s, const float *logits, int E, int softmax) {
+    if (!softmax) {
+        for (int e = 0; e < E; e++) s[e] = lm_sigmoid(logits[e]);
+        return;
+    }
+    float mx = logits[0], sum = 0.0f;
+    for (int e = 1; e < E; e++) mx = logits[e] > mx ? logits[e] : mx;
+    for (int e = 0; e < E; e++) sum += (s[e] = expf(logits[e] - mx));
+    for (int e = 0; e < E; e++) s[e] /= sum;
+}
+
+// top-k of v over allowed entries (allowed may be NULL), descending; ties go to the lower index
+static inline MOE_HD void lm_topk(const float *v, const unsigned char *allowed, int n, int k, int *out) {
+    for (int j = 0; j < k; j++) {
+        int best = -1;
+        for (int i = 0; i < n; i++) {
+            if (allowed && !allowed[i]) continue;
+            int taken = 0;
+            for (int q = 0; q < j; q++) taken |= (out[q] == i);
+            if (taken) continue;
+            if (best < 0 || v[i] > v[best]) best = i;
+        }
+        out[j] = best;
+    }
+}
+
+// DeepSeek-V3 routing of one token: experts = top-K of scores + bias (bias may be NULL),
+// limited to the best topG of G groups when G > 1 (group score: sum of the top-2 biased scores,
+// the max score without a bias); weights = the chosen unbiased scores, renormalised to sum 1
+// for the sigmoid gate (not for softmax), times route_scale.
+// Scratch: biased (E) floats, allowed (E) bytes, group_scores (G) floats, keep (G) ints.
+static inline MOE_HD void lm_route_token(const float *scores, const float *bias, int E, int K, int G, int topG,
+                                         int softmax, float route_scale, int *sel, float *w, float *biased,
+                                         unsigned char *allowed, float *group_scores, int *keep) {
+    for (int e = 0; e < E; e++) biased[e] = scores[e] + (bias ? bias[e] : 0.0f);
+    const unsigned char *mask = 0;
+    if (G > 1) {
+        int per = E / G;
+        for (int g = 0; g < G; g++) {
+            const float *v = biased + g * per;
+            if (bias) {
+                int t2[2];
+                lm_topk(v, 0, per, 2, t2);
+                group_scores[g] = v[t2[0]] + v[t2[1]];
+            } else {
+                float mx = v[0];
+                for (int i = 1; i < per; i++) mx = v[i] > mx ? v[i] : mx;
+                group_scores[g] = mx;
+            }
+        }
+        lm_topk(group_scores, 0, G, topG, keep);
+        for (int e = 0; e < E; e++) allowed[e] = 0;
+        for (int j = 0; j < topG; j++)
+            for (int i = 0; i < per; i++) allowed[keep[j] * per + i] = 1;
+        mask = allowed;
+    }
+    lm_topk(biased, mask, E, K, sel);
+    float sum = 0.0f;
+    for (int k = 0; k < K; k++) sum += (w[k] = scores[sel[k]]);
+    float norm = softmax ? 1.0f : 1.0f / sum;
+    for (int k = 0; k < K; k++) w[k] *= norm * route_scale;
+}
+
 #endif

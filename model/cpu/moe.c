@@ -12,73 +12,17 @@ static int uses_bias(const ModelConfig *c) { return cfg_uses_bias(c); }
 void moe_scores(const ModelConfig *c, float *scores, const float *logits, int N) {
     int E = c->n_routed_experts;
 #pragma omp parallel for
-    for (int n = 0; n < N; n++) {
-        const float *lg = logits + (size_t)n * E;
-        float *s = scores + (size_t)n * E;
-        if (c->score_func == SCORE_SIGMOID) {
-            for (int e = 0; e < E; e++) s[e] = lm_sigmoid(lg[e]);
-        } else {
-            float mx = -FLT_MAX, sum = 0.0f;
-            for (int e = 0; e < E; e++) mx = lg[e] > mx ? lg[e] : mx;
-            for (int e = 0; e < E; e++) sum += (s[e] = expf(lg[e] - mx));
-            for (int e = 0; e < E; e++) s[e] /= sum;
-        }
-    }
-}
-
-// top-k of v over allowed entries (allowed may be NULL), descending; ties go to the lower index
-static void topk(const float *v, const unsigned char *allowed, int n, int k, int *out) {
-    for (int j = 0; j < k; j++) {
-        int best = -1;
-        for (int i = 0; i < n; i++) {
-            if (allowed && !allowed[i]) continue;
-            int taken = 0;
-            for (int q = 0; q < j; q++) taken |= (out[q] == i);
-            if (taken) continue;
-            if (best < 0 || v[i] > v[best]) best = i;
-        }
-        out[j] = best;
-    }
+    for (int n = 0; n < N; n++)
+        lm_gate_scores(scores + (size_t)n * E, logits + (size_t)n * E, E, c->score_func == SCORE_SOFTMAX);
 }
 
 void moe_route_token(const ModelConfig *c, const float *scores, const float *bias, int *sel, float *w) {
-    int E = c->n_routed_experts, K = c->top_k, G = c->n_expert_groups;
-    float biased[1024];
+    // config_validate bounds E <= 1024 and G <= 256
+    float biased[1024], gs[256];
     unsigned char allowed[1024];
-    float *b = E <= 1024 ? biased : (float *)mallocCheck(sizeof(float) * E);
-    unsigned char *al = E <= 1024 ? allowed : (unsigned char *)mallocCheck((size_t)E);
-    for (int e = 0; e < E; e++) b[e] = scores[e] + (bias ? bias[e] : 0.0f);
-    unsigned char *mask = NULL;
-    if (G > 1) {
-        // group score: sum of the top-2 biased scores of the group (max when there is no bias)
-        int per = E / G;
-        float gs[256];
-        for (int g = 0; g < G; g++) {
-            const float *v = b + g * per;
-            if (bias) {
-                int t2[2];
-                topk(v, NULL, per, 2, t2);
-                gs[g] = v[t2[0]] + v[t2[1]];
-            } else {
-                float mx = -FLT_MAX;
-                for (int i = 0; i < per; i++) mx = v[i] > mx ? v[i] : mx;
-                gs[g] = mx;
-            }
-        }
-        int keep[256];
-        topk(gs, NULL, G, c->n_limited_groups, keep);
-        memset(al, 0, (size_t)E);
-        for (int j = 0; j < c->n_limited_groups; j++)
-            for (int i = 0; i < per; i++) al[keep[j] * per + i] = 1;
-        mask = al;
-    }
-    topk(b, mask, E, K, sel);
-    float sum = 0.0f;
-    for (int k = 0; k < K; k++) sum += (w[k] = scores[sel[k]]);
-    float norm = c->score_func == SCORE_SIGMOID ? 1.0f / sum : 1.0f;
-    for (int k = 0; k < K; k++) w[k] *= norm * c->route_scale;
-    if (b != biased) free(b);
-    if (al != allowed) free(al);
+    int keep[256];
+    lm_route_token(scores, bias, c->n_routed_experts, c->top_k, c->n_expert_groups, c->n_limited_groups,
+                   c->score_func == SCORE_SOFTMAX, c->route_scale, sel, w, biased, allowed, gs, keep);
 }
 
 static void swiglu_mlp_forward(float *y, float *h1, float *h3, float *g, const float *x, const float *w1,
