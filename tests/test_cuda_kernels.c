@@ -141,6 +141,27 @@ static void test_rmsnorm(void) {
     test_end();
 }
 
+// many tokens: the weight gradient is summed in several segments
+static void test_rmsnorm_long(void) {
+    test_begin("cuda_rmsnorm_bwd_many_tokens");
+    int N = 700, C = 33;
+    float *x = rand_buf((size_t)N * C, 2.0f), *w = rand_buf(C, 1.0f), *dout = rand_buf((size_t)N * C, 1.0f);
+    float *dinp = rand_buf((size_t)N * C, 0.3f), *dw = rand_buf(C, 0.3f);
+    float *out = (float *)mallocCheck(sizeof(float) * N * C), *rstd = (float *)mallocCheck(sizeof(float) * N);
+    float *d_x = (float *)to_dev(x, sizeof(float) * N * C), *d_w = (float *)to_dev(w, sizeof(float) * C);
+    float *d_dout = (float *)to_dev(dout, sizeof(float) * N * C), *d_dinp = (float *)to_dev(dinp, sizeof(float) * N * C);
+    float *d_dw = (float *)to_dev(dw, sizeof(float) * C), *d_rstd = (float *)cu_malloc(sizeof(float) * N);
+    rmsnorm_forward(out, rstd, x, C, w, N, C, 1e-6f);
+    cu_upload(d_rstd, rstd, sizeof(float) * N);
+    rmsnorm_backward(dinp, C, dw, dout, x, C, w, rstd, N, C);
+    cu_rmsnorm_backward(d_dinp, C, d_dw, d_dout, d_x, C, d_w, d_rstd, N, C);
+    check_dev("dinp", d_dinp, dinp, (size_t)N * C, ATOL, RTOL);
+    check_dev("dweight", d_dw, dw, C, 1e-4, 1e-4);
+    cu_free(d_x), cu_free(d_w), cu_free(d_dout), cu_free(d_dinp), cu_free(d_dw), cu_free(d_rstd);
+    free(x), free(w), free(dout), free(dinp), free(dw), free(out), free(rstd);
+    test_end();
+}
+
 static void test_rope(void) {
     test_begin("cuda_rope_interleaved_fwd_inverse");
     int N = 13, H = 3, nope = 6, rope = 4, dqk = nope + rope;
@@ -746,6 +767,7 @@ int main(void) {
     }
     test_encoder();
     test_rmsnorm();
+    test_rmsnorm_long();
     test_rope();
     test_swiglu();
     test_crossentropy();

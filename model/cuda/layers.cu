@@ -71,14 +71,35 @@ __global__ void rmsnorm_backward_dx_kernel(float *dinp, int dinp_stride, const f
     for (int c = lane; c < C; c += 32) dx[c] += r * dy[c] * weight[c] - k * x[c];
 }
 
-// dweight[c] += sum_n dy x r: one thread per channel, tokens in order (deterministic)
-__global__ void rmsnorm_backward_dw_kernel(float *dweight, const float *dout, const float *inp, int in_stride,
-                                           const float *rstd, int N, int C) {
+// dweight[c] += sum_n dy x r, deterministic in two passes: segment s of the tokens -> partial
+// (S, C), then the segments summed in order
+__global__ void rmsnorm_backward_dw_partial_kernel(float *partial, const float *dout, const float *inp, int in_stride,
+                                                   const float *rstd, int N, int C, int per) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x, sgm = blockIdx.y;
+    if (c >= C) return;
+    int n0 = sgm * per, n1 = n0 + per < N ? n0 + per : N;
+    float acc = 0.0f;
+    for (int n = n0; n < n1; n++) acc += dout[(long)n * C + c] * inp[(long)n * in_stride + c] * rstd[n];
+    partial[(long)sgm * C + c] = acc;
+}
+__global__ void rmsnorm_backward_dw_final_kernel(float *dweight, const float *partial, int S, int C) {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;
     float acc = 0.0f;
-    for (int n = 0; n < N; n++) acc += dout[(long)n * C + c] * inp[(long)n * in_stride + c] * rstd[n];
+    for (int sgm = 0; sgm < S; sgm++) acc += partial[(long)sgm * C + c];
     dweight[c] += acc;
+}
+
+// device scratch for the partial sums, grown on demand (first steps only)
+static float *dw_scratch = NULL;
+static size_t dw_scratch_floats = 0;
+static float *get_dw_scratch(size_t n) {
+    if (n > dw_scratch_floats) {
+        if (dw_scratch) cudaCheck(cudaFree(dw_scratch));
+        cudaCheck(cudaMalloc((void **)&dw_scratch, sizeof(float) * n));
+        dw_scratch_floats = n;
+    }
+    return dw_scratch;
 }
 
 // ---- elementwise -------------------------------------------------------------------------------
@@ -193,7 +214,13 @@ void cu_rmsnorm_backward(float *dinp, int dinp_stride, float *dweight, const flo
                          int in_stride, const float *weight, const float *rstd, int N, int C) {
     LAUNCH(rmsnorm_backward_dx_kernel, ceil_div(N, 4), 128, 0, 0, dinp, dinp_stride, dout, inp, in_stride, weight,
            rstd, N, C);
-    LAUNCH(rmsnorm_backward_dw_kernel, ceil_div(C, 128), 128, 0, 0, dweight, dout, inp, in_stride, rstd, N, C);
+    int S = N / 128 < 1 ? 1 : (N / 128 > 64 ? 64 : N / 128);  // token segments: parallelism for long batches
+    int per = (N + S - 1) / S;
+    S = (N + per - 1) / per;
+    float *partial = get_dw_scratch((size_t)S * C);
+    dim3 grid(ceil_div(C, 128), S);
+    LAUNCH(rmsnorm_backward_dw_partial_kernel, grid, 128, 0, 0, partial, dout, inp, in_stride, rstd, N, C, per);
+    LAUNCH(rmsnorm_backward_dw_final_kernel, ceil_div(C, 128), 128, 0, 0, dweight, partial, S, C);
 }
 
 void cu_add(float *y, const float *a, const float *b, long n) {

@@ -1,4 +1,4 @@
-// MoE on the GPU: gate scores, routing (moe_route_token of model/cpu/moe.c, exactly: same
+// MoE on the GPU: gate scores, routing (lm_route_token of model/layer_math.h, as the CPU: same
 // selection order and tie-breaking), dispatch into contiguous per-expert row blocks with the
 // capacity rule in token order, grouped GEMMs whose per-expert row counts stay on the device
 // (no host synchronisation per expert), combine, and the backward pieces.
@@ -11,34 +11,12 @@
 
 // ---- gate ---------------------------------------------------------------------------------
 
+// the scalar routing math is lm_gate_scores / lm_route_token of model/layer_math.h, the one
+// definition shared with the CPU reference (model/cpu/moe.c)
 __global__ void moe_scores_kernel(float *scores, const float *logits, int N, int E, int score_func) {
     int n = blockIdx.x * blockDim.x + threadIdx.x;
     if (n >= N) return;
-    const float *lg = logits + (long)n * E;
-    float *s = scores + (long)n * E;
-    if (score_func == 0) {
-        for (int e = 0; e < E; e++) s[e] = lm_sigmoid(lg[e]);
-    } else {
-        float mx = -FLT_MAX, sum = 0.0f;
-        for (int e = 0; e < E; e++) mx = lg[e] > mx ? lg[e] : mx;
-        for (int e = 0; e < E; e++) sum += (s[e] = expf(lg[e] - mx));
-        for (int e = 0; e < E; e++) s[e] /= sum;
-    }
-}
-
-// top-k of v over allowed entries (allowed may be NULL), descending; ties go to the lower index
-static __device__ void topk_dev(const float *v, const unsigned char *allowed, int n, int k, int *out) {
-    for (int j = 0; j < k; j++) {
-        int best = -1;
-        for (int i = 0; i < n; i++) {
-            if (allowed && !allowed[i]) continue;
-            int taken = 0;
-            for (int q = 0; q < j; q++) taken |= (out[q] == i);
-            if (taken) continue;
-            if (best < 0 || v[i] > v[best]) best = i;
-        }
-        out[j] = best;
-    }
+    lm_gate_scores(scores + (long)n * E, logits + (long)n * E, E, score_func == 1);
 }
 
 // one thread per token
@@ -46,40 +24,11 @@ __global__ void moe_route_kernel(int *sel_out, float *wts_out, const float *scor
                                  int K, int G, int topG, int score_func, float route_scale) {
     int n = blockIdx.x * blockDim.x + threadIdx.x;
     if (n >= N) return;
-    const float *scores = scores_all + (long)n * E;
-    int *sel = sel_out + (long)n * K;
-    float *w = wts_out + (long)n * K;
-    float b[MOE_MAX_E];
-    unsigned char al[MOE_MAX_E];
-    for (int e = 0; e < E; e++) b[e] = scores[e] + (bias ? bias[e] : 0.0f);
-    unsigned char *mask = NULL;
-    if (G > 1) {
-        int per = E / G;
-        float gs[MOE_MAX_G];
-        for (int g = 0; g < G; g++) {
-            const float *v = b + g * per;
-            if (bias) {
-                int t2[2];
-                topk_dev(v, NULL, per, 2, t2);
-                gs[g] = v[t2[0]] + v[t2[1]];
-            } else {
-                float mx = -FLT_MAX;
-                for (int i = 0; i < per; i++) mx = v[i] > mx ? v[i] : mx;
-                gs[g] = mx;
-            }
-        }
-        int keep[MOE_MAX_G];
-        topk_dev(gs, NULL, G, topG, keep);
-        for (int e = 0; e < E; e++) al[e] = 0;
-        for (int j = 0; j < topG; j++)
-            for (int i = 0; i < per; i++) al[keep[j] * per + i] = 1;
-        mask = al;
-    }
-    topk_dev(b, mask, E, K, sel);
-    float sum = 0.0f;
-    for (int k = 0; k < K; k++) sum += (w[k] = scores[sel[k]]);
-    float norm = score_func == 0 ? 1.0f / sum : 1.0f;
-    for (int k = 0; k < K; k++) w[k] *= norm * route_scale;
+    float biased[MOE_MAX_E], group_scores[MOE_MAX_G];
+    unsigned char allowed[MOE_MAX_E];
+    int keep[MOE_MAX_G];
+    lm_route_token(scores_all + (long)n * E, bias, E, K, G, topG, score_func == 1, route_scale, sel_out + (long)n * K,
+                   wts_out + (long)n * K, biased, allowed, group_scores, keep);
 }
 
 // ---- dispatch ---------------------------------------------------------------------------------
