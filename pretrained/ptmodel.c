@@ -105,6 +105,9 @@ int64_t pt_work_bytes(const PtConfig *c, int64_t n, int t_max) {
     // hidden (N, moe_inter) x2; router logits; per-thread attention rows; routing indices
     int64_t floats = n * C * 6 + attn + 2 * n * wide + 2 * n * c->moe_intermediate_size + n * c->n_routed_experts +
                      (int64_t)omp_get_max_threads() * t_max + 4 * n * c->top_k;
+    int nthr = omp_get_max_threads();
+    if (nthr > 1 && c->n_routed_experts >= 2 * nthr)  // per-thread expert buffers (see moe_block)
+        floats += (int64_t)nthr * n * (3 * C + 2 * c->moe_intermediate_size);
     return floats * 4;
 }
 
@@ -637,6 +640,8 @@ typedef struct {
     float *selw;            // (N, K)
     int64_t *order;         // (N * K) token of each assignment, grouped by expert
     int64_t *eoff, *fill;   // (E + 1)
+    float *par_buf;         // experts in parallel: per thread [xe, ye, acc (N, C) | h1, h3 (N, Ie)], or NULL
+    int par_threads;
     float *xe, *he1, *he3, *ye;  // gathered expert rows
 } Work;
 
@@ -725,7 +730,42 @@ static void moe_block(PtModel *m, int l, Work *w, int64_t N, float *gate_logits_
     memcpy(fill, w->eoff, (size_t)(E + 1) * sizeof(int64_t));
     for (int64_t a = 0; a < N * K; a++) w->order[fill[w->sel[a]]++] = a;
     memset(w->y, 0, (size_t)(N * C) * sizeof(float));
-    for (int e = 0; e < E; e++) {
+    if (w->par_buf) {
+        // experts in parallel, one thread each (the GEMMs inside run single-threaded): one
+        // OpenMP region per layer instead of several per expert; each thread accumulates into
+        // its own (N, C) buffer, summed afterwards (deterministic for a given thread count)
+        const int64_t Ie = c->moe_intermediate_size, per = N * (3 * C + 2 * Ie);
+        const int nthr = w->par_threads;
+#pragma omp parallel num_threads(nthr)
+        {
+            int t = omp_get_thread_num();
+            float *xe = w->par_buf + (size_t)t * per, *ye = xe + N * C, *acc = ye + N * C, *h1 = acc + N * C,
+                  *h3 = h1 + N * Ie;
+            memset(acc, 0, (size_t)(N * C) * sizeof(float));
+#pragma omp for schedule(static, 1)
+            for (int e = 0; e < E; e++) {
+                int64_t n = w->eoff[e + 1] - w->eoff[e];
+                if (n == 0) continue;
+                const int64_t *ord = w->order + w->eoff[e];
+                for (int64_t r = 0; r < n; r++) memcpy(xe + r * C, w->xn + (ord[r] / K) * C, (size_t)C * sizeof(float));
+                swiglu_mlp(&y->experts[3 * e], &y->experts[3 * e + 1], &y->experts[3 * e + 2], xe, n, h1, h3, ye);
+                for (int64_t r = 0; r < n; r++) {
+                    float wt = w->selw[ord[r]];
+                    float *dst = acc + (ord[r] / K) * C;
+                    const float *src = ye + r * C;
+                    for (int64_t j = 0; j < C; j++) dst[j] += wt * src[j];
+                }
+            }
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < N; i++)
+                for (int u = 0; u < nthr; u++) {
+                    const float *src = w->par_buf + (size_t)u * per + 2 * N * C + i * C;
+                    float *dst = w->y + i * C;
+                    for (int64_t j = 0; j < C; j++) dst[j] += src[j];
+                }
+        }
+    }
+    for (int e = 0; e < E && !w->par_buf; e++) {
         int64_t n = w->eoff[e + 1] - w->eoff[e];
         if (n == 0) continue;
         const int64_t *ord = w->order + w->eoff[e];
@@ -824,6 +864,14 @@ int pt_forward(PtModel *m, const int32_t *tokens, const int64_t *seq_start, int 
     w.he1 = (float *)malloc((size_t)(rows_e * c->moe_intermediate_size) * sizeof(float));
     w.he3 = (float *)malloc((size_t)(rows_e * c->moe_intermediate_size) * sizeof(float));
     w.ye = (float *)malloc((size_t)(rows_e * C) * sizeof(float));
+    // experts in parallel when there are enough of them for the threads (fewer, larger
+    // OpenMP regions: what a loaded 2-core machine needs); else each expert's GEMMs in parallel
+    int nthr = omp_get_max_threads();
+    if (nthr > 1 && E >= 2 * nthr && c->n_moe_layers > 0 && !getenv("PT_NO_EXPERT_PARALLEL")) {
+        size_t per = (size_t)N * (size_t)(3 * C + 2 * c->moe_intermediate_size);
+        w.par_buf = (float *)malloc(per * (size_t)nthr * sizeof(float));
+        w.par_threads = nthr;  // NULL on failure: the per-expert path needs no extra memory
+    }
     int rc = 0;
     if (!w.x || !w.xn || !w.tmp || !w.y || !w.q || !w.k || !w.v || !w.ao || !w.h1 || !w.h3 || !w.logits || !w.sel ||
         !w.selw || !w.order || !w.eoff || !w.fill || !w.xe || !w.he1 || !w.he3 || !w.ye ||
@@ -875,6 +923,6 @@ int pt_forward(PtModel *m, const int32_t *tokens, const int64_t *seq_start, int 
 done:
     free(w.x); free(w.xn); free(w.tmp); free(w.y); free(w.q); free(w.k); free(w.v); free(w.ao);
     free(w.qa); free(w.kva); free(w.ckv); free(w.h1); free(w.h3); free(w.logits); free(w.sel); free(w.selw);
-    free(w.order); free(w.eoff); free(w.fill); free(w.xe); free(w.he1); free(w.he3); free(w.ye);
+    free(w.order); free(w.eoff); free(w.fill); free(w.par_buf); free(w.xe); free(w.he1); free(w.he3); free(w.ye);
     return rc;
 }

@@ -65,7 +65,7 @@ run_model() {  # name, pt_tiny flags..., then collect runs with --quant $QUANT
 }
 
 QUANT=nf4 run_model deepseek_bf16 --arch deepseek
-QUANT=nf4 run_model qwen2_moe_sharded --arch qwen2_moe --shards 2 --seed 3
+OMP_NUM_THREADS=1 QUANT=nf4 run_model qwen2_moe_sharded --arch qwen2_moe --shards 2 --seed 3  # one thread: the per-expert path
 QUANT=nf4 run_model deepseek_v3_bnb --arch deepseek_v3 --bnb 1 --seed 4
 QUANT=none run_model deepseek_v3_f32 --arch deepseek_v3 --dtype f32 --q-lora 0 --seed 5
 
