@@ -11,6 +11,7 @@
 #include "../common/util.h"
 #include "../model/cuda/cuda_model.h"
 #include "../model/cuda/cuda_ops.h"
+#include "../model/cuda/plan.h"
 #include "../model/model.h"
 #include "test.h"
 
@@ -194,6 +195,36 @@ int main(void) {
     c.balance = BALANCE_BIAS_SEQAUX;
     c.aux_alpha = 0.01f;
     run_case("cuda_model_step_tiny_mtp_seqaux", &c, 2, 6);
+
+    // the memory planner against what the device model really allocates (fp32)
+    test_begin("cuda_model_allocation_matches_plan");
+    {
+        ModelConfig pc;
+        config_default(&pc);
+        pc.vocab_size = 2048;
+        pc.dim = 128;
+        pc.n_layers = 3;
+        pc.kv_lora_rank = 64;
+        pc.inter_dim = 384;
+        pc.moe_inter_dim = 96;
+        pc.max_seq_len = 64;
+        pc.mtp_depth = 1;
+        int PB = 4, PT = 64;
+        MoeErr perr = {{0}};
+        CudaPlan plan;
+        CHECK(cuda_plan(&pc, PB, PT, PREC_FP32, 0, &plan, &perr) == 0, "plan: %s", perr.msg);
+        size_t free0 = 0, free1 = 0;
+        cu_device_info(NULL, 0, &free0, NULL);
+        CudaModel *pm = NULL;
+        CHECK(cuda_model_create(&pm, &pc, PB, PT, &perr) == 0, "create: %s", perr.msg);
+        cu_device_info(NULL, 0, &free1, NULL);
+        double used = (double)(free0 - free1);
+        double planned = (double)(plan.total - plan.workspace - plan.overhead);
+        printf("# device bytes: allocated %.2f MiB, planned %.2f MiB\n", used / 1048576.0, planned / 1048576.0);
+        CHECK(used <= 1.10 * planned && used >= 0.80 * planned, "allocated %.0f bytes, plan %.0f", used, planned);
+        cuda_model_free(pm);
+    }
+    test_end();
 
     test_begin("cuda_model_refuses_unsupported");
     MoeErr err = {{0}};

@@ -60,7 +60,7 @@ $(BUILD)/tests/test_cuda_harness: LDLIBS += -lstdc++
 CUDA_CMP_TESTS := test_cuda_kernels test_cuda_model
 TEST_PROGS += $(CUDA_CMP_TESTS)
 $(foreach t,$(CUDA_CMP_TESTS),$(eval $(t)_SRCS := tests/$(t).c))
-$(foreach t,$(CUDA_CMP_TESTS),$(eval $(t)_MODS := cudahx cudahrt model common))
+$(foreach t,$(CUDA_CMP_TESTS),$(eval $(t)_MODS := cudahx cudahrt cudaplan model common))
 $(CUDA_CMP_TESTS:%=$(BUILD)/tests/%): LDLIBS += -lstdc++
 
 # cuda_bench through the harness (smoke test with the tiny config: tests/test_cuda_bench.sh)
@@ -89,7 +89,8 @@ $(BUILD)/nvcc-fat/%.o: %.cu $(CUDA_HDRS)
 cuda: $(CUDA_SRCS:%.cu=$(BUILD)/nvcc-fat/%.o)
 
 CUDA_CMP_TESTS ?= test_cuda_kernels test_cuda_model
-$(BUILD)/gpu/%: tests/%.c $(CUDA_SRCS:%.cu=$(BUILD)/nvcc-fat/%.o) $(BUILD)/lib/libmodel.a $(BUILD)/lib/libcommon.a
+$(BUILD)/gpu/%: tests/%.c $(CUDA_SRCS:%.cu=$(BUILD)/nvcc-fat/%.o) $(BUILD)/lib/libcudaplan.a $(BUILD)/lib/libmodel.a \
+		$(BUILD)/lib/libcommon.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -I$(CUDA_HOME)/include $(LDFLAGS) $^ $(CUDA_LIBS) $(LDLIBS) -lstdc++ -o $@
 

@@ -93,7 +93,8 @@ int cuda_plan(const ModelConfig *c, int B, int T, int precision, int recompute, 
     if (c->mtp_depth > 0) vals += 7 * C, words += 6;
     p->acts = (size_t)(N * (vals * (double)ab + words * 4.0));
     p->logits = (size_t)(N * (V * (double)ab + 4.0) * (c->mtp_depth > 0 ? 2 : 1));
-    // backward scratch: the largest block (gradients of its activations) + 2 residual gradients
+    // backward buffers: gradients of a block's activations (attention, dense and MoE parts) + 2
+    // residual gradients
     double blk = 0.0;
     {
         double H = c->n_heads, dqk = cfg_qk_head_dim(c), dv = c->v_head_dim, kvr = c->kv_lora_rank;
@@ -105,8 +106,8 @@ int cuda_plan(const ModelConfig *c, int B, int T, int precision, int recompute, 
             double E = c->n_routed_experts, K = c->top_k, I = c->moe_inter_dim, S = c->n_shared_experts;
             moe = C + 2 * E + K + 2 * K * C + 3 * K * I + 3 * S * I;
         }
-        blk = attn > dense ? attn : dense;
-        blk = blk > moe ? blk : moe;
+        blk = attn + dense + moe;  // the CUDA model keeps separate buffers for each kind of block
+        if (c->mtp_depth > 0) blk += 6 * C;
     }
     p->scratch = (size_t)(N * (blk + 2 * C) * 4.0);  // fp32 gradients of activations
     p->workspace = (size_t)32 << 20;                  // cuBLAS(Lt) workspace and small buffers

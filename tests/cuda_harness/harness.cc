@@ -549,17 +549,29 @@ extern "C" long moe_hx_switch_count(void) { return H.switches; }
 // ---------------------------------------------------------------------------------------
 // CUDA runtime subset: device memory is host memory; everything is synchronous.
 
+// A 256-byte header before each block keeps its size, so that cudaMemGetInfo can report the
+// live device bytes (free = 8 GiB - live), as a GPU's does.
+#define HX_DEVICE_BYTES ((size_t)8 << 30)
+static size_t hx_live_bytes = 0;
 cudaError_t cudaMalloc(void **p, size_t n) {
     *p = NULL;
-    size_t bytes = (n + 255) & ~(size_t)255;
-    void *m = aligned_alloc(256, bytes ? bytes : 256);
+    size_t bytes = ((n ? n : 1) + 255) & ~(size_t)255;
+    if (hx_live_bytes + bytes > HX_DEVICE_BYTES) return cudaErrorMemoryAllocation;
+    char *m = (char *)aligned_alloc(256, bytes + 256);
     if (!m) return cudaErrorMemoryAllocation;
-    memset(m, 0xFF, bytes ? bytes : 256);  // uninitialised device memory reads as NaN / -1
-    *p = m;
+    memcpy(m, &bytes, sizeof bytes);
+    memset(m + 256, 0xFF, bytes);  // uninitialised device memory reads as NaN / -1
+    hx_live_bytes += bytes;
+    *p = m + 256;
     return cudaSuccess;
 }
 cudaError_t cudaFree(void *p) {
-    free(p);
+    if (!p) return cudaSuccess;
+    char *m = (char *)p - 256;
+    size_t bytes;
+    memcpy(&bytes, m, sizeof bytes);
+    hx_live_bytes -= bytes;
+    free(m);
     return cudaSuccess;
 }
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, enum cudaMemcpyKind kind) {
@@ -599,7 +611,7 @@ cudaError_t cudaGetDeviceCount(int *count) {
     return cudaSuccess;
 }
 cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total) {
-    *free_bytes = (size_t)8 << 30;
-    *total = (size_t)8 << 30;
+    *free_bytes = HX_DEVICE_BYTES - hx_live_bytes;
+    *total = HX_DEVICE_BYTES;
     return cudaSuccess;
 }
