@@ -111,3 +111,19 @@ bad bad_number "expects an integer" -b two
 bad bad_balance "balance" "${TINY[@]}" --balance lossfree
 bad existing_run "already exists" "${TINY[@]}" "${V[@]}" --name learn
 bad resume_missing "nosuchrun" --resume nosuchrun
+
+# 6. Ctrl-C: the step finishes, a checkpoint is saved, exit 0, and the printed command resumes
+"$TRAIN" "${TINY[@]}" --name sigint -x 100000 --val-every 0 --ckpt-every 0 --log-every 1 > sigint.log 2>&1 &
+pid=$!
+for i in $(seq 1 200); do grep -q '^step +3/' sigint.log && break; sleep 0.1; done
+kill -INT $pid; wait $pid; rc=$?
+if [ $rc -ne 0 ]; then fail sigint_saves_and_resumes "exit status $rc after SIGINT: $(tail -n 3 sigint.log)"
+else
+  cmd=$(grep -o 'to continue: ./build/train --resume [^ ]*' sigint.log | sed 's/to continue: .\/build\/train/"$TRAIN"/')
+  last=$(grep -o '"step": [0-9]*, "loss"' runs/sigint/train.jsonl | tail -1 | grep -o '[0-9]*')
+  if [ -z "$cmd" ] || ! ls checkpoints/sigint/step_*.ckpt >/dev/null 2>&1; then
+    fail sigint_saves_and_resumes "no checkpoint or no resume command printed: $(tail -n 3 sigint.log)"
+  elif eval "$cmd --max-steps $((last + 2))" > sigint2.log 2>&1 && grep -q "resumed from .* at step $last" sigint2.log; then
+    pass "sigint_saves_and_resumes (stopped at step $last, resumed)"
+  else fail sigint_saves_and_resumes "resume failed: $(tail -n 3 sigint2.log)"; fi
+fi
