@@ -53,7 +53,9 @@ static void run_case(const char *name, ModelConfig *c, int B, int T) {
         return;
     }
     CudaModel *gm = NULL;
-    if (cuda_model_create(&gm, c, B, T, &err) != 0) {
+    // the device model is allocated for a larger batch than it runs (buffers sized B_max x T_max)
+    int T_alloc = T + 2 <= c->max_seq_len ? T + 2 : T;
+    if (cuda_model_create(&gm, c, B + 1, T_alloc, &err) != 0) {
         CHECK(0, "cuda_model_create: %s", err.msg);
         model_free(&cpu);
         test_end();
@@ -95,6 +97,14 @@ static void run_case(const char *name, ModelConfig *c, int B, int T) {
               step, aux_g, cpu.aux_loss);
         CHECK(c->balance == BALANCE_NONE || c->balance == BALANCE_BIAS || cpu.aux_loss > 0.0f,
               "aux mode with a zero aux loss: the test does not test it");
+        // logits of the last forward (what generation reads)
+        float *lg_dev = (float *)mallocCheck(sizeof(float) * (size_t)N * c->vocab_size);
+        cuda_model_download_logits(gm, lg_dev);
+        int badl = 0;
+        for (size_t i = 0; i < (size_t)N * c->vocab_size; i++)
+            badl += !(fabsf(lg_dev[i] - cpu.logits[i]) <= 1e-5f + 1e-4f * fabsf(cpu.logits[i]));
+        CHECK(!badl, "step %d: %d logits differ", step, badl);
+        free(lg_dev);
         model_backward(&cpu);
         cuda_model_backward(gm);
         cuda_model_download_grads(gm, buf);

@@ -35,6 +35,8 @@ void cuda_model_download_bias(const CudaModel *m, float *bias);
 
 // inputs, targets: host arrays (B, T); targets may be NULL. Returns the loss (0 without targets).
 float cuda_model_forward(CudaModel *m, const int *inputs, const int *targets, int B, int T);
+// logits (B, T, V) of the last forward (before backward, which overwrites them with gradients)
+void cuda_model_download_logits(const CudaModel *m, float *logits);
 void cuda_model_backward(CudaModel *m);
 void cuda_model_zero_grad(CudaModel *m);
 // loss scale of the following backward passes (Model.grad_scale of the CPU model): gradients

@@ -601,6 +601,10 @@ float cuda_model_forward(CudaModel *m, const int *inputs, const int *targets, in
     return m->loss;
 }
 
+void cuda_model_download_logits(const CudaModel *m, float *logits) {
+    cu_download(logits, m->logits, sizeof(float) * (size_t)m->B * m->T * m->cfg.vocab_size);
+}
+
 void cuda_model_backward(CudaModel *m) {
     const ModelConfig *c = &m->cfg;
     int N = m->B * m->T, C = c->dim, V = c->vocab_size, L = c->n_layers;
