@@ -75,6 +75,16 @@ endif
 
 SHELL_TESTS += tests/test_cuda_nvcc.sh
 
+# ---- for programs that use the GPU when nvcc exists (e.g. train/module.mk, included after this
+# file): link $(CUDA_OBJS) with $(CUDA_LDLIBS) and compile with $(CUDA_CPPFLAGS) when
+# CUDA_ENABLED is 1; include model/cuda/cuda_model.h under #ifdef MOE_WITH_CUDA; at run time
+# cu_device_info() == 0 means "no GPU visible: use the CPU". A build without nvcc leaves
+# CUDA_ENABLED empty and the program CPU-only.
+CUDA_ENABLED := $(if $(NVCC),1,)
+CUDA_OBJS := $(CUDA_SRCS:%.cu=$(BUILD)/nvcc-fat/%.o) $(BUILD)/lib/libcudaplan.a
+CUDA_LDLIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublas -lstdc++
+CUDA_CPPFLAGS := -DMOE_WITH_CUDA -I$(CUDA_HOME)/include
+
 # ---- real CUDA builds (need nvcc) ----------------------------------------------------------
 .PHONY: cuda test-gpu
 CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublas
