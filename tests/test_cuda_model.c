@@ -161,6 +161,76 @@ static void run_case(const char *name, ModelConfig *c, int B, int T) {
     test_end();
 }
 
+// bf16 GEMMs against the fp32 CPU model: bf16 tolerances (relative L2 error per tensor)
+static void test_bf16_case(void) {
+    test_begin("cuda_model_step_bf16_gemms");
+    ModelConfig c;
+    config_tiny(&c);
+    c.mtp_depth = 0;
+    int B = 2, T = 7, N = B * T;
+    MoeErr err = {{0}};
+    Model cpu;
+    CudaModel *gm = NULL;
+    if (model_init(&cpu, &c, B, T, 42, &err) != 0 || cuda_model_create(&gm, &c, B, T, &err) != 0) {
+        CHECK(0, "init: %s", err.msg);
+        test_end();
+        return;
+    }
+    size_t np = cpu.num_params;
+    cuda_model_upload_params(gm, cpu.params);
+    cuda_model_set_bf16(gm, 1);
+    int *in = (int *)mallocCheck(sizeof(int) * N), *tg = (int *)mallocCheck(sizeof(int) * N);
+    uint64_t rng = rng_seed(11);
+    for (int n = 0; n < N; n++) {
+        in[n] = (int)(rng_next_u64(&rng) % (uint64_t)c.vocab_size);
+        tg[n] = (int)(rng_next_u64(&rng) % (uint64_t)c.vocab_size);
+    }
+    model_zero_grad(&cpu);
+    cuda_model_zero_grad(gm);
+    float lc = model_forward(&cpu, in, tg, B, T, 1), lg = cuda_model_forward(gm, in, tg, B, T);
+    CHECK(fabsf(lc - lg) <= 1e-2f * fabsf(lc), "bf16 loss %.6f vs fp32 %.6f", lg, lc);
+    model_backward(&cpu);
+    cuda_model_backward(gm);
+    float *g = (float *)mallocCheck(sizeof(float) * np);
+    cuda_model_download_grads(gm, g);
+    double worst = 0.0;
+    const char *worst_name = "";
+    for (int ti = 0; ti < cpu.n_tensors; ti++) {
+        const TensorInfo *t = &cpu.tensors[ti];
+        double num = 0.0, den = 0.0;
+        for (size_t i = 0; i < t->numel; i++) {
+            double d = (double)g[t->offset + i] - cpu.grads[t->offset + i];
+            num += d * d;
+            den += (double)cpu.grads[t->offset + i] * cpu.grads[t->offset + i];
+        }
+        double rel = den > 1e-20 ? sqrt(num / den) : sqrt(num);
+        if (rel > worst) worst = rel, worst_name = t->name;
+    }
+    printf("# bf16 GEMMs: loss %.6f vs %.6f, worst relative gradient error %.4f (%s)\n", lg, lc, worst, worst_name);
+    CHECK(worst < 0.05, "gradient %s differs by %.4f (relative L2)", worst_name, worst);
+    CHECK(worst > 1e-4, "gradients match fp32 to %.2g: the bf16 GEMMs were not used", worst);
+    // AdamW from identical gradients: the fp32 master matches, the bf16 copy is a neighbour of it
+    cuda_model_upload_grads(gm, cpu.grads);
+    model_adamw(&cpu, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, 1);
+    cuda_model_adamw(gm, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, 1);
+    cuda_model_download_params(gm, g);
+    check_tensors("master", &cpu, g, cpu.params, 1e-7, 1e-6);
+    uint16_t *p16 = (uint16_t *)mallocCheck(sizeof(uint16_t) * np);
+    cuda_model_download_params16(gm, p16);
+    int bad = 0;
+    for (size_t i = 0; i < np; i++) {
+        uint32_t b;
+        memcpy(&b, &g[i], 4);
+        uint16_t lo = (uint16_t)(b >> 16);
+        bad += !(p16[i] == lo || (p16[i] == (uint16_t)(lo + 1) && (b & 0xffffu)));
+    }
+    CHECK(!bad, "%d bf16 weights are not a neighbour of their master", bad);
+    free(in), free(tg), free(g), free(p16);
+    cuda_model_free(gm);
+    model_free(&cpu);
+    test_end();
+}
+
 int main(void) {
     // tiny sizes: one OpenMP thread (idle OpenMP workers spinning between the CPU reference's
     // calls would take the cores from the harness's fibers)
@@ -235,6 +305,8 @@ int main(void) {
         cuda_model_free(pm);
     }
     test_end();
+
+    test_bf16_case();
 
     test_begin("cuda_model_refuses_unsupported");
     MoeErr err = {{0}};

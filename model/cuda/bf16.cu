@@ -159,6 +159,36 @@ void cu_adamw_bf16(uint16_t *pw, float *master, const float *g, float *m, float 
                beta2, eps, wd, grad_scale, b1c, b2c, seed);
 }
 
+void cu_gemm_bf16_f32(int transA, int transB, int M, int N, int K, float alpha, const uint16_t *A, int lda,
+                      const uint16_t *B, int ldb, float beta, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+#if defined(MOE_CUDA_HARNESS)
+    long na = transA ? (long)K * lda : (long)M * lda, nb = transB ? (long)N * ldb : (long)K * ldb;
+    float *a = (float *)malloc(sizeof(float) * (na ? na : 1)), *b = (float *)malloc(sizeof(float) * (nb ? nb : 1));
+    if (!a || !b) {
+        fprintf(stderr, "error: out of memory in the harness bf16 GEMM\n");
+        exit(EXIT_FAILURE);
+    }
+    for (long i = 0; i < na; i++) a[i] = __bfloat162float(((const bf16 *)A)[i]);
+    for (long i = 0; i < nb; i++) b[i] = __bfloat162float(((const bf16 *)B)[i]);
+    gemm(transA, transB, M, N, K, alpha, a, lda, b, ldb, beta, C, ldc);
+    free(a), free(b);
+#else
+    static cublasHandle_t h = NULL;
+    if (!h && cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) {
+        fprintf(stderr, "error: cuBLAS: cublasCreate failed\n");
+        exit(EXIT_FAILURE);
+    }
+    cublasStatus_t s = cublasGemmEx(h, transB ? CUBLAS_OP_T : CUBLAS_OP_N, transA ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K,
+                                    &alpha, B, CUDA_R_16BF, ldb, A, CUDA_R_16BF, lda, &beta, C, CUDA_R_32F, ldc,
+                                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        fprintf(stderr, "error: cuBLAS: bf16 x bf16 -> fp32 gemm %dx%dx%d failed (status %d)\n", M, N, K, (int)s);
+        exit(EXIT_FAILURE);
+    }
+#endif
+}
+
 void cu_gemm_bf16(int transA, int transB, int M, int N, int K, float alpha, const uint16_t *A, int lda,
                   const uint16_t *B, int ldb, float beta, uint16_t *C, int ldc) {
     if (M <= 0 || N <= 0) return;

@@ -11,6 +11,7 @@
 #define MOE_CUDA_MODEL_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -32,6 +33,13 @@ void cuda_model_download_adam(const CudaModel *m, float *mm, float *vv);
 // balancing bias (n_blocks, E), as Model.bias
 void cuda_model_upload_bias(CudaModel *m, const float *bias);
 void cuda_model_download_bias(const CudaModel *m, float *bias);
+
+// bf16 GEMMs (mixed precision): the dense matmuls of every block (not the output head, the
+// router or the experts' grouped GEMM) take bf16 copies of their inputs and a bf16 working copy of the weights
+// (refreshed from the fp32 master by AdamW with stochastic rounding), accumulating and writing
+// fp32. Activations, gradients, master weights and AdamW state stay fp32.
+int cuda_model_set_bf16(CudaModel *m, int on);
+void cuda_model_download_params16(const CudaModel *m, uint16_t *p16);
 
 // inputs, targets: host arrays (B, T); targets may be NULL. Returns the loss (0 without targets).
 float cuda_model_forward(CudaModel *m, const int *inputs, const int *targets, int B, int T);

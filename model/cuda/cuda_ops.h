@@ -157,6 +157,10 @@ void cu_adamw_bf16(uint16_t *pw, float *master, const float *g, float *m, float 
 void cu_gemm_bf16(int transA, int transB, int M, int N, int K, float alpha, const uint16_t *A, int lda,
                   const uint16_t *B, int ldb, float beta, uint16_t *C, int ldc);
 
+// the same with bf16 A and B and an fp32 C (tensor cores, fp32 accumulation and output)
+void cu_gemm_bf16_f32(int transA, int transB, int M, int N, int K, float alpha, const uint16_t *A, int lda,
+                      const uint16_t *B, int ldb, float beta, float *C, int ldc);
+
 #ifdef __cplusplus
 }
 #endif

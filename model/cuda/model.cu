@@ -41,6 +41,10 @@ struct CudaModel {
     float *mtp_logits, *mtp_lse, *dmx, *dmln, *dcat, *den, *dhn, *demb;
     int *mtp_targets, *mtp_emb_tok;
     float grad_scale;  // loss scale of backward (1 unless fp16 loss scaling)
+    // bf16 GEMMs (cuda_model_set_bf16): bf16 working copy of the weights, bf16 copies of GEMM inputs
+    int bf16;
+    uint16_t *params16, *act16a, *act16b;
+    size_t act16_floats;
     int *flag_dev;     // non-finite gradient flag
     // last forward
     float ce_loss, aux_loss, mtp_loss;
@@ -302,6 +306,7 @@ void cuda_model_free(CudaModel *m) {
                     m->mtp_x_out, m->mtp_ln, m->mtp_ln_rstd, m->mtp_logits, m->mtp_lse, m->mtp_targets,
                     m->mtp_emb_tok, m->dmx, m->dmln, m->dcat, m->den, m->dhn, m->demb, m->flag_dev};
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) cu_free(ptrs[i]);
+    cuda_model_set_bf16(m, 0);
     free(m->tensors);
     free(m);
 }
@@ -309,6 +314,33 @@ void cuda_model_free(CudaModel *m) {
 size_t cuda_model_num_params(const CudaModel *m) { return m->num_params; }
 void cuda_model_upload_params(CudaModel *m, const float *params) {
     cu_upload(m->params, params, sizeof(float) * m->num_params);
+    if (m->bf16) cu_f32_to_bf16(m->params16, m->params, (long)m->num_params);
+}
+
+int cuda_model_set_bf16(CudaModel *m, int on) {
+    if (on && !m->bf16) {
+        const ModelConfig *c = &m->cfg;
+        int H = c->n_heads, dqk = cfg_qk_head_dim(c), dv = c->v_head_dim, C = c->dim;
+        int dims[] = {2 * C, H * dqk, H * dv, c->q_lora_rank, c->kv_lora_rank + c->qk_rope_dim,
+                      H * (c->qk_nope_dim + dv), c->inter_dim, c->n_shared_experts * c->moe_inter_dim,
+                      c->n_routed_experts};
+        int mx = C;
+        for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++) mx = dims[i] > mx ? dims[i] : mx;
+        m->act16_floats = (size_t)m->B_max * m->T_max * mx;
+        m->params16 = (uint16_t *)cu_malloc(sizeof(uint16_t) * m->num_params);
+        m->act16a = (uint16_t *)cu_malloc(sizeof(uint16_t) * m->act16_floats);
+        m->act16b = (uint16_t *)cu_malloc(sizeof(uint16_t) * m->act16_floats);
+        cu_f32_to_bf16(m->params16, m->params, (long)m->num_params);
+    } else if (!on && m->bf16) {
+        cu_free(m->params16), cu_free(m->act16a), cu_free(m->act16b);
+        m->params16 = m->act16a = m->act16b = NULL;
+    }
+    m->bf16 = on;
+    return 0;
+}
+
+void cuda_model_download_params16(const CudaModel *m, uint16_t *p16) {
+    if (m->bf16) cu_download(p16, m->params16, sizeof(uint16_t) * m->num_params);
 }
 void cuda_model_download_params(const CudaModel *m, float *params) {
     cu_download(params, m->params, sizeof(float) * m->num_params);
@@ -333,6 +365,44 @@ void cuda_model_download_bias(const CudaModel *m, float *bias) {
 
 }  // extern "C"
 
+// ---- matmuls: fp32 (cuBLAS SGEMM), or bf16 inputs with fp32 accumulation and output ------
+
+static const uint16_t *w16(const CudaModel *m, const float *w) { return m->params16 + (w - m->params); }
+
+static void check_act16(const CudaModel *m, size_t n) {
+    if (n > m->act16_floats) {
+        fprintf(stderr, "error: internal: bf16 GEMM scratch too small (%zu > %zu)\n", n, m->act16_floats);
+        exit(EXIT_FAILURE);
+    }
+}
+
+// out (N, OC) = inp (N, IC) @ w (OC, IC)^T
+static void mm_fwd(CudaModel *m, float *out, const float *inp, const float *w, int N, int IC, int OC) {
+    if (!m->bf16) {
+        cu_matmul_forward(out, inp, w, N, IC, OC);
+        return;
+    }
+    check_act16(m, (size_t)N * IC);
+    cu_f32_to_bf16(m->act16a, inp, (long)N * IC);
+    cu_gemm_bf16_f32(0, 1, N, OC, IC, 1.0f, m->act16a, IC, w16(m, w), IC, 0.0f, out, OC);
+}
+
+// dinp += dout @ w; dw += dout^T @ inp
+static void mm_bwd(CudaModel *m, float *dinp, float *dw, const float *dout, const float *inp, const float *w, int N,
+                   int IC, int OC) {
+    if (!m->bf16) {
+        cu_matmul_backward(dinp, dw, dout, inp, w, N, IC, OC);
+        return;
+    }
+    check_act16(m, (size_t)N * (OC > IC ? OC : IC));
+    cu_f32_to_bf16(m->act16a, dout, (long)N * OC);
+    if (dinp) cu_gemm_bf16_f32(0, 0, N, IC, OC, 1.0f, m->act16a, OC, w16(m, w), IC, 1.0f, dinp, IC);
+    if (dw) {
+        cu_f32_to_bf16(m->act16b, inp, (long)N * IC);
+        cu_gemm_bf16_f32(1, 0, OC, IC, N, 1.0f, m->act16a, OC, m->act16b, IC, 1.0f, dw, IC);
+    }
+}
+
 // ---- forward --------------------------------------------------------------------------------
 
 // ln1_done: ln1 and ln1_rstd were computed by the previous block's fused residual + norm.
@@ -344,15 +414,15 @@ static void attention_block_forward(CudaModel *m, const LayerParams *lp, BlockAc
     if (!ln1_done) cu_rmsnorm_forward(ba->ln1, ba->ln1_rstd, ba->x_in, C, lp->attn_norm, N, C, c->norm_eps);
     if (c->q_lora_rank > 0) {
         int qr = c->q_lora_rank;
-        cu_matmul_forward(ba->qa, ba->ln1, lp->wq_a, N, C, qr);
+        mm_fwd(m, ba->qa, ba->ln1, lp->wq_a, N, C, qr);
         cu_rmsnorm_forward(ba->qan, ba->qa_rstd, ba->qa, qr, lp->q_norm, N, qr, c->norm_eps);
-        cu_matmul_forward(ba->q, ba->qan, lp->wq_b, N, qr, H * dqk);
+        mm_fwd(m, ba->q, ba->qan, lp->wq_b, N, qr, H * dqk);
     } else {
-        cu_matmul_forward(ba->q, ba->ln1, lp->wq, N, C, H * dqk);
+        mm_fwd(m, ba->q, ba->ln1, lp->wq, N, C, H * dqk);
     }
-    cu_matmul_forward(ba->kva, ba->ln1, lp->wkv_a, N, C, kvr + rope);
+    mm_fwd(m, ba->kva, ba->ln1, lp->wkv_a, N, C, kvr + rope);
     cu_rmsnorm_forward(ba->ckvn, ba->ckv_rstd, ba->kva, kvr + rope, lp->kv_norm, N, kvr, c->norm_eps);
-    cu_matmul_forward(ba->kv, ba->ckvn, lp->wkv_b, N, kvr, H * (nope + dv));
+    mm_fwd(m, ba->kv, ba->ckvn, lp->wkv_b, N, kvr, H * (nope + dv));
     cudaCheck(cudaMemcpyAsync(ba->qf, ba->q, sizeof(float) * (size_t)N * H * dqk, cudaMemcpyDeviceToDevice, 0));
     cu_rope_apply(ba->qf + nope, N, H, H * dqk, dqk, rope, m->pos, c->rope_theta, 0);
     long total = (long)N * H * (dqk + dv);
@@ -361,7 +431,7 @@ static void attention_block_forward(CudaModel *m, const LayerParams *lp, BlockAc
     cu_rope_apply(ba->kf + nope, N, H, H * dqk, dqk, rope, m->pos, c->rope_theta, 0);
     float scale = 1.0f / sqrtf((float)dqk);
     cu_attention_forward(ba->atto, ba->att, ba->qf, ba->kf, ba->vf, B, T, H, dqk, dv, scale);
-    cu_matmul_forward(ba->x_mid, ba->atto, lp->wo, N, H * dv, C);
+    mm_fwd(m, ba->x_mid, ba->atto, lp->wo, N, H * dv, C);
     cu_residual_rmsnorm_forward(ba->x_mid, ba->ln2, ba->ln2_rstd, ba->x_mid, ba->x_in, lp->ffn_norm, N, C,
                                 c->norm_eps);
 }
@@ -377,7 +447,7 @@ static void moe_forward(CudaModel *m, int l, const LayerParams *lp, BlockActs *b
     int N = B * T, C = c->dim, E = c->n_routed_experts, K = c->top_k, I = c->moe_inter_dim;
     int SI = c->n_shared_experts * I, mi = moe_index(m, l);
     const float *sel_bias = cfg_uses_bias(c) ? m->bias + (size_t)l * E : NULL;
-    cu_matmul_forward(ba->logits, ba->ln2, lp->gate, N, C, E);
+    cu_matmul_forward(ba->logits, ba->ln2, lp->gate, N, C, E);  // the router stays fp32
     cu_moe_scores(ba->scores, ba->logits, N, E, c->score_func);
     cu_moe_route(ba->sel, ba->wts, ba->scores, sel_bias, N, E, K, c->n_expert_groups, c->n_limited_groups,
                  c->score_func, c->route_scale);
@@ -395,10 +465,10 @@ static void moe_forward(CudaModel *m, int l, const LayerParams *lp, BlockActs *b
     cu_swiglu_forward(ba->eg, ba->eh1, ba->eh3, (long)N * K * I);
     cu_grouped_matmul_forward(ba->ey, ba->eg, lp->ew2, ba->expert_off, E, N, I, C);
     if (SI > 0) {
-        cu_matmul_forward(ba->sh1, ba->ln2, lp->sw1, N, C, SI);
-        cu_matmul_forward(ba->sh3, ba->ln2, lp->sw3, N, C, SI);
+        mm_fwd(m, ba->sh1, ba->ln2, lp->sw1, N, C, SI);
+        mm_fwd(m, ba->sh3, ba->ln2, lp->sw3, N, C, SI);
         cu_swiglu_forward(ba->sg, ba->sh1, ba->sh3, (long)N * SI);
-        cu_matmul_forward(ba->ffn_y, ba->sg, lp->sw2, N, SI, C);
+        mm_fwd(m, ba->ffn_y, ba->sg, lp->sw2, N, SI, C);
     } else {
         cu_zero(ba->ffn_y, sizeof(float) * (size_t)N * C);
     }
@@ -418,10 +488,10 @@ static void block_forward(CudaModel *m, int l, float *x_out, int B, int T, int l
         moe_forward(m, l, lp, ba, B, T);
     } else {
         int I = c->inter_dim;
-        cu_matmul_forward(ba->h1, ba->ln2, lp->w1, N, C, I);
-        cu_matmul_forward(ba->h3, ba->ln2, lp->w3, N, C, I);
+        mm_fwd(m, ba->h1, ba->ln2, lp->w1, N, C, I);
+        mm_fwd(m, ba->h3, ba->ln2, lp->w3, N, C, I);
         cu_swiglu_forward(ba->g, ba->h1, ba->h3, (long)N * I);
-        cu_matmul_forward(ba->ffn_y, ba->g, lp->w2, N, I, C);
+        mm_fwd(m, ba->ffn_y, ba->g, lp->w2, N, I, C);
     }
     if (next_w)
         cu_residual_rmsnorm_forward(x_out, next_ln, next_rstd, ba->x_mid, ba->ffn_y, next_w, N, C, c->norm_eps);
@@ -439,7 +509,7 @@ static void attention_block_backward(CudaModel *m, int l, float *dx) {
     int B = m->B, T = m->T, N = B * T, C = c->dim, H = c->n_heads, dqk = cfg_qk_head_dim(c), dv = c->v_head_dim;
     int nope = c->qk_nope_dim, rope = c->qk_rope_dim, kvr = c->kv_lora_rank;
     cu_zero(m->datto, sizeof(float) * (size_t)N * H * dv);
-    cu_matmul_backward(m->datto, gp->wo, dx, ba->atto, lp->wo, N, H * dv, C);
+    mm_bwd(m, m->datto, gp->wo, dx, ba->atto, lp->wo, N, H * dv, C);
     cu_zero(m->dqf, sizeof(float) * (size_t)N * H * dqk);
     cu_zero(m->dkf, sizeof(float) * (size_t)N * H * dqk);
     cu_zero(m->dvf, sizeof(float) * (size_t)N * H * dv);
@@ -454,20 +524,20 @@ static void attention_block_backward(CudaModel *m, int l, float *dx) {
     LAUNCH(assemble_kv_backward_kernel, ceil_div(total, 256), 256, 0, 0, m->dkv, m->dkva, m->dkf, m->dvf, N, H, nope,
            rope, dv, kvr);
     cu_zero(m->dckvn, sizeof(float) * (size_t)N * kvr);
-    cu_matmul_backward(m->dckvn, gp->wkv_b, m->dkv, ba->ckvn, lp->wkv_b, N, kvr, H * (nope + dv));
+    mm_bwd(m, m->dckvn, gp->wkv_b, m->dkv, ba->ckvn, lp->wkv_b, N, kvr, H * (nope + dv));
     cu_rmsnorm_backward(m->dkva, kvr + rope, gp->kv_norm, m->dckvn, ba->kva, kvr + rope, lp->kv_norm, ba->ckv_rstd, N,
                         kvr);
     cu_zero(m->dln1, sizeof(float) * (size_t)N * C);
-    cu_matmul_backward(m->dln1, gp->wkv_a, m->dkva, ba->ln1, lp->wkv_a, N, C, kvr + rope);
+    mm_bwd(m, m->dln1, gp->wkv_a, m->dkva, ba->ln1, lp->wkv_a, N, C, kvr + rope);
     if (c->q_lora_rank > 0) {
         int qr = c->q_lora_rank;
         cu_zero(m->dqan, sizeof(float) * (size_t)N * qr);
         cu_zero(m->dqa, sizeof(float) * (size_t)N * qr);
-        cu_matmul_backward(m->dqan, gp->wq_b, m->dqf, ba->qan, lp->wq_b, N, qr, H * dqk);
+        mm_bwd(m, m->dqan, gp->wq_b, m->dqf, ba->qan, lp->wq_b, N, qr, H * dqk);
         cu_rmsnorm_backward(m->dqa, qr, gp->q_norm, m->dqan, ba->qa, qr, lp->q_norm, ba->qa_rstd, N, qr);
-        cu_matmul_backward(m->dln1, gp->wq_a, m->dqa, ba->ln1, lp->wq_a, N, C, qr);
+        mm_bwd(m, m->dln1, gp->wq_a, m->dqa, ba->ln1, lp->wq_a, N, C, qr);
     } else {
-        cu_matmul_backward(m->dln1, gp->wq, m->dqf, ba->ln1, lp->wq, N, C, H * dqk);
+        mm_bwd(m, m->dln1, gp->wq, m->dqf, ba->ln1, lp->wq, N, C, H * dqk);
     }
     cu_rmsnorm_backward(dx, C, gp->attn_norm, m->dln1, ba->x_in, C, lp->attn_norm, ba->ln1_rstd, N, C);
 }
@@ -481,10 +551,10 @@ static void moe_backward(CudaModel *m, const LayerParams *lp, LayerParams *gp, B
         cu_zero(m->dsg, sizeof(float) * (size_t)N * SI);
         cu_zero(m->dsh1, sizeof(float) * (size_t)N * SI);
         cu_zero(m->dsh3, sizeof(float) * (size_t)N * SI);
-        cu_matmul_backward(m->dsg, gp->sw2, dy, ba->sg, lp->sw2, N, SI, C);
+        mm_bwd(m, m->dsg, gp->sw2, dy, ba->sg, lp->sw2, N, SI, C);
         cu_swiglu_backward(m->dsh1, m->dsh3, m->dsg, ba->sh1, ba->sh3, (long)N * SI);
-        cu_matmul_backward(dln2, gp->sw1, m->dsh1, ba->ln2, lp->sw1, N, C, SI);
-        cu_matmul_backward(dln2, gp->sw3, m->dsh3, ba->ln2, lp->sw3, N, C, SI);
+        mm_bwd(m, dln2, gp->sw1, m->dsh1, ba->ln2, lp->sw1, N, C, SI);
+        mm_bwd(m, dln2, gp->sw3, m->dsh3, ba->ln2, lp->sw3, N, C, SI);
     }
     cu_moe_combine_backward(m->dey, m->dwts, dy, ba->ey, ba->wts, ba->perm, ba->row_of, ba->expert_off, N, K, C, E);
     cu_zero(m->deg, sizeof(float) * (size_t)NK * I);
@@ -519,10 +589,10 @@ static void block_backward(CudaModel *m, int l, float *dx) {
         cu_zero(m->dg, sizeof(float) * (size_t)N * I);
         cu_zero(m->dh1, sizeof(float) * (size_t)N * I);
         cu_zero(m->dh3, sizeof(float) * (size_t)N * I);
-        cu_matmul_backward(m->dg, gp->w2, dx, ba->g, lp->w2, N, I, C);
+        mm_bwd(m, m->dg, gp->w2, dx, ba->g, lp->w2, N, I, C);
         cu_swiglu_backward(m->dh1, m->dh3, m->dg, ba->h1, ba->h3, (long)N * I);
-        cu_matmul_backward(m->dln2, gp->w1, m->dh1, ba->ln2, lp->w1, N, C, I);
-        cu_matmul_backward(m->dln2, gp->w3, m->dh3, ba->ln2, lp->w3, N, C, I);
+        mm_bwd(m, m->dln2, gp->w1, m->dh1, ba->ln2, lp->w1, N, C, I);
+        mm_bwd(m, m->dln2, gp->w3, m->dh3, ba->ln2, lp->w3, N, C, I);
     }
     cu_rmsnorm_backward(dx, C, gp->ffn_norm, m->dln2, ba->x_mid, C, lp->ffn_norm, ba->ln2_rstd, N, C);
     attention_block_backward(m, l, dx);
@@ -584,7 +654,7 @@ float cuda_model_forward(CudaModel *m, const int *inputs, const int *targets, in
         cu_rmsnorm_forward(m->mtp_hn, m->mtp_hn_rstd, m->x_final, C, m->p.mtp_hnorm, N, C, c->norm_eps);
         copy_cols(m->mtp_cat, 2 * C, 0, m->mtp_en, C, 0, N, C);
         copy_cols(m->mtp_cat, 2 * C, C, m->mtp_hn, C, 0, N, C);
-        cu_matmul_forward(m->acts[L].x_in, m->mtp_cat, m->p.mtp_proj, N, 2 * C, C);
+        mm_fwd(m, m->acts[L].x_in, m->mtp_cat, m->p.mtp_proj, N, 2 * C, C);
         block_forward(m, L, m->mtp_x_out, B, T, 0, m->p.mtp_norm, m->mtp_ln, m->mtp_ln_rstd);
         cu_matmul_forward(m->mtp_logits, m->mtp_ln, m->p.lm_head, N, C, V);
         cu_crossentropy_forward(m->mtp_lse, m->loss_dev + 3, m->n_valid_dev + 1, m->ce_scr, m->mtp_logits,
@@ -622,7 +692,7 @@ void cuda_model_backward(CudaModel *m) {
         cu_rmsnorm_backward(m->dmx, C, m->g.mtp_norm, m->dmln, m->mtp_x_out, C, m->p.mtp_norm, m->mtp_ln_rstd, N, C);
         block_backward(m, L, m->dmx);  // dmx is now the gradient of the MTP block input
         cu_zero(m->dcat, sizeof(float) * (size_t)N * 2 * C);
-        cu_matmul_backward(m->dcat, m->g.mtp_proj, m->dmx, m->mtp_cat, m->p.mtp_proj, N, 2 * C, C);
+        mm_bwd(m, m->dcat, m->g.mtp_proj, m->dmx, m->mtp_cat, m->p.mtp_proj, N, 2 * C, C);
         copy_cols(m->den, C, 0, m->dcat, 2 * C, 0, N, C);
         copy_cols(m->dhn, C, 0, m->dcat, 2 * C, C, N, C);
         cu_zero(m->demb, sizeof(float) * (size_t)N * C);
@@ -662,6 +732,11 @@ void cuda_model_adamw(CudaModel *m, float lr, float beta1, float beta2, float ep
         const TensorInfo *info = &m->tensors[ti];
         float wd = info->decay ? weight_decay : 0.0f;
         size_t o = info->offset;
+        if (m->bf16) {
+            cu_adamw_bf16(m->params16 + o, m->params + o, m->grads + o, m->m + o, m->v + o, info->numel, lr, beta1,
+                          beta2, eps, wd, grad_scale, b1c, b2c, (unsigned)t * 2654435761u + (unsigned)ti);
+            continue;
+        }
         cu_adamw(m->params + o, m->grads + o, m->m + o, m->v + o, info->numel, lr, beta1, beta2, eps, wd, grad_scale,
                  b1c, b2c);
     }
