@@ -21,6 +21,7 @@ static void usage(FILE *fp) {
             "  -B N           micro-batch (sequences)                                              default: the config's\n"
             "  -T N           sequence length                                                      default: the config's\n"
             "  -steps N       training steps to time                                               default 10\n"
+            "  -prec P        fp32 | bf16 (bf16 GEMMs, fp32 activations and master weights)        default fp32\n"
             "  -seed N        weights and tokens                                                   default 1\n"
             "  -h             this help\n");
 }
@@ -38,7 +39,7 @@ static int parse_int(const char *flag, const char *s, int lo, int hi) {
 int main(int argc, char **argv) {
     omp_set_num_threads(1);  // the host only launches (under the harness: keeps the fibers on one core)
     const char *config = "gpu";
-    int B = 0, T = 0, steps = 10, seed = 1;
+    int B = 0, T = 0, steps = 10, seed = 1, bf16 = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -55,6 +56,13 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-T")) T = parse_int(a, v, 1, 1 << 20);
         else if (!strcmp(a, "-steps")) steps = parse_int(a, v, 1, 1000000);
         else if (!strcmp(a, "-seed")) seed = parse_int(a, v, 0, 1 << 30);
+        else if (!strcmp(a, "-prec")) {
+            if (strcmp(v, "fp32") && strcmp(v, "bf16")) {
+                fprintf(stderr, "error: -prec must be fp32 or bf16, got '%s'\n", v);
+                return EXIT_FAILURE;
+            }
+            bf16 = !strcmp(v, "bf16");
+        }
         else {
             fprintf(stderr, "error: unknown flag '%s' (see -h)\n", a);
             return EXIT_FAILURE;
@@ -111,6 +119,10 @@ int main(int argc, char **argv) {
             params[ti[t].offset + j] = ti[t].ndim == 1 ? 1.0f : 0.02f * (is_out ? resid : 1.0f) * rng_normal(&rng);
     }
     cuda_model_upload_params(m, params);
+    if (bf16 && cuda_model_set_bf16(m, 1) != 0) {
+        fprintf(stderr, "error: %s has no bf16 tensor cores (compute capability 8.0 or later); use -prec fp32\n", dev);
+        return EXIT_FAILURE;
+    }
     int N = B * T;
     int *tok = (int *)mallocCheck(sizeof(int) * (size_t)(N + 1));
     double flops_tok = model_flops_per_token(&c, T), total_time = 0.0;
@@ -130,9 +142,9 @@ int main(int argc, char **argv) {
         cu_sync();
         double dt = wall_seconds() - t0;
         if (s > 1) total_time += dt;  // the first step warms up
-        double tps = N / dt, mfu = gpu_mfu(tps * flops_tok, dev, PREC_FP32);
+        double tps = N / dt, mfu = gpu_mfu(tps * flops_tok, dev, bf16 ? PREC_BF16 : PREC_FP32);
         printf("step %d: loss %.4f, grad norm %.3f, %.1f ms, %.0f tokens/s", s, loss, norm, dt * 1e3, tps);
-        if (mfu >= 0) printf(", MFU %.1f%% of fp32 peak", 100.0 * mfu);
+        if (mfu >= 0) printf(", MFU %.1f%% of the %s peak", 100.0 * mfu, bf16 ? "bf16" : "fp32");
         printf("\n");
         fflush(stdout);
     }

@@ -38,6 +38,7 @@ void cuda_model_download_bias(const CudaModel *m, float *bias);
 // router or the experts' grouped GEMM) take bf16 copies of their inputs and a bf16 working copy of the weights
 // (refreshed from the fp32 master by AdamW with stochastic rounding), accumulating and writing
 // fp32. Activations, gradients, master weights and AdamW state stay fp32.
+// Returns -1 (nothing changed) when the device has no bf16 tensor cores (before sm_80).
 int cuda_model_set_bf16(CudaModel *m, int on);
 void cuda_model_download_params16(const CudaModel *m, uint16_t *p16);
 

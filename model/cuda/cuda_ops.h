@@ -26,6 +26,8 @@ const char *cu_backend(void);
 // number of visible devices (0 when none or no driver: the caller falls back to the CPU, and
 // nothing is printed); name, free and total memory of device 0. Any output pointer may be NULL.
 int cu_device_info(char *name, size_t name_len, size_t *free_bytes, size_t *total_bytes);
+// 1 when the device computes bf16 GEMMs (compute capability 8.0 or later; always under the harness)
+int cu_supports_bf16(void);
 
 // ---- GEMM (row-major, the semantics of common/gemm.h; cuBLAS under nvcc, the CPU gemm()
 // under the harness) -------------------------------------------------------------------------

@@ -318,6 +318,7 @@ void cuda_model_upload_params(CudaModel *m, const float *params) {
 }
 
 int cuda_model_set_bf16(CudaModel *m, int on) {
+    if (on && !cu_supports_bf16()) return -1;
     if (on && !m->bf16) {
         const ModelConfig *c = &m->cfg;
         int H = c->n_heads, dqk = cfg_qk_head_dim(c), dv = c->v_head_dim, C = c->dim;

@@ -56,6 +56,17 @@ int cu_device_info(char *name, size_t name_len, size_t *free_bytes, size_t *tota
     return n;
 }
 
+int cu_supports_bf16(void) {
+#if defined(MOE_CUDA_HARNESS)
+    return 1;
+#else
+    int dev = 0, major = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) return 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return 0;
+    return major >= 8;  // bf16 tensor cores: Ampere (sm_80) and later
+#endif
+}
+
 #if defined(MOE_CUDA_HARNESS)
 const char *cu_backend(void) { return "cuda-harness"; }
 
