@@ -308,6 +308,34 @@ int main(void) {
 
     test_bf16_case();
 
+    // what a checkpoint saves and restores: params, AdamW moments, biases (exact round trips)
+    test_begin("cuda_model_state_round_trip");
+    {
+        ModelConfig rc;
+        config_tiny(&rc);
+        MoeErr rerr = {{0}};
+        CudaModel *rm = NULL;
+        CHECK(cuda_model_create(&rm, &rc, 1, 4, &rerr) == 0, "create: %s", rerr.msg);
+        size_t np = cuda_model_num_params(rm);
+        int nb = (rc.n_layers + rc.mtp_depth) * rc.n_routed_experts;
+        float *a = (float *)mallocCheck(sizeof(float) * np), *b = (float *)mallocCheck(sizeof(float) * np);
+        float *a2 = (float *)mallocCheck(sizeof(float) * np), *b2 = (float *)mallocCheck(sizeof(float) * np);
+        uint64_t r = rng_seed(5);
+        for (size_t i = 0; i < np; i++) a[i] = rng_normal(&r), b[i] = rng_uniform(&r);
+        cuda_model_upload_params(rm, a);
+        cuda_model_download_params(rm, a2);
+        CHECK(!memcmp(a, a2, sizeof(float) * np), "params differ after a round trip");
+        cuda_model_upload_adam(rm, b, a);
+        cuda_model_download_adam(rm, b2, a2);
+        CHECK(!memcmp(b, b2, sizeof(float) * np) && !memcmp(a, a2, sizeof(float) * np), "AdamW state differs");
+        cuda_model_upload_bias(rm, a);
+        cuda_model_download_bias(rm, b2);
+        CHECK(!memcmp(a, b2, sizeof(float) * nb), "biases differ");
+        free(a), free(b), free(a2), free(b2);
+        cuda_model_free(rm);
+    }
+    test_end();
+
     test_begin("cuda_model_refuses_unsupported");
     MoeErr err = {{0}};
     CudaModel *gm = NULL;

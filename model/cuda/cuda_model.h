@@ -30,6 +30,7 @@ void cuda_model_download_params(const CudaModel *m, float *params);
 void cuda_model_download_grads(const CudaModel *m, float *grads);
 void cuda_model_upload_grads(CudaModel *m, const float *grads);
 void cuda_model_download_adam(const CudaModel *m, float *mm, float *vv);
+void cuda_model_upload_adam(CudaModel *m, const float *mm, const float *vv);  // resume from a checkpoint
 // balancing bias (n_blocks, E), as Model.bias
 void cuda_model_upload_bias(CudaModel *m, const float *bias);
 void cuda_model_download_bias(const CudaModel *m, float *bias);

@@ -352,6 +352,10 @@ void cuda_model_upload_grads(CudaModel *m, const float *grads) {
 void cuda_model_download_grads(const CudaModel *m, float *grads) {
     cu_download(grads, m->grads, sizeof(float) * m->num_params);
 }
+void cuda_model_upload_adam(CudaModel *m, const float *mm, const float *vv) {
+    cu_upload(m->m, mm, sizeof(float) * m->num_params);
+    cu_upload(m->v, vv, sizeof(float) * m->num_params);
+}
 void cuda_model_download_adam(const CudaModel *m, float *mm, float *vv) {
     cu_download(mm, m->m, sizeof(float) * m->num_params);
     cu_download(vv, m->v, sizeof(float) * m->num_params);
