@@ -45,6 +45,7 @@ endif
 
 MODULES :=
 PROGRAMS :=
+PROGRAMS_EXTRA :=
 TEST_PROGS :=
 SHELL_TESTS :=
 
@@ -54,7 +55,7 @@ include $(sort $(wildcard */module.mk */*/module.mk))
 .PHONY: all test test-san bench train data report collect speculate clean deps test-gpu
 .DEFAULT_GOAL := all
 
-all: $(PROGRAMS:%=$(BUILD)/%) $(TEST_PROGS:%=$(BUILD)/tests/%)
+all: $(PROGRAMS:%=$(BUILD)/%) $(PROGRAMS_EXTRA:%=$(BUILD)/%) $(TEST_PROGS:%=$(BUILD)/tests/%)
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -100,13 +101,22 @@ clean:
 NAME ?= default
 RESUME ?= 0
 ARGS ?=
+# With nvcc and a visible GPU (nvidia-smi -L) it builds and runs build/train_gpu (the CUDA
+# backend, which still falls back to the CPU if the runtime finds no device); otherwise the
+# CPU trainer build/train.
 train: deps
-	@$(MAKE) --no-print-directory $(BUILD)/train
 	@$(MAKE) --no-print-directory data
-	@if [ "$(RESUME)" = "1" ]; then \
-	  echo "./$(BUILD)/train --resume $(NAME) $(ARGS)"; ./$(BUILD)/train --resume $(NAME) $(ARGS); \
+	@if [ -n "$(CUDA_ENABLED)" ] && command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+	  echo "GPU found: building the CUDA trainer ($(BUILD)/train_gpu)"; \
+	  $(MAKE) --no-print-directory $(BUILD)/train_gpu || exit 1; prog=./$(BUILD)/train_gpu; \
 	else \
-	  echo "./$(BUILD)/train --name $(NAME) $(ARGS)"; ./$(BUILD)/train --name $(NAME) $(ARGS); \
+	  echo "no GPU visible$(if $(CUDA_ENABLED),, (and no nvcc)): training on the CPU"; \
+	  $(MAKE) --no-print-directory $(BUILD)/train || exit 1; prog=./$(BUILD)/train; \
+	fi; \
+	if [ "$(RESUME)" = "1" ]; then \
+	  echo "$$prog --resume $(NAME) $(ARGS)"; $$prog --resume $(NAME) $(ARGS); \
+	else \
+	  echo "$$prog --name $(NAME) $(ARGS)"; $$prog --name $(NAME) $(ARGS); \
 	fi
 
 # Benchmarks (not tests): ratios measured in the same run.

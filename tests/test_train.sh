@@ -119,7 +119,7 @@ for i in $(seq 1 200); do grep -q '^step +3/' sigint.log && break; sleep 0.1; do
 kill -INT $pid; wait $pid; rc=$?
 if [ $rc -ne 0 ]; then fail sigint_saves_and_resumes "exit status $rc after SIGINT: $(tail -n 3 sigint.log)"
 else
-  cmd=$(grep -o 'to continue: ./build/train --resume [^ ]*' sigint.log | sed 's/to continue: .\/build\/train/"$TRAIN"/')
+  cmd=$(grep -o 'to continue: [^ ]* --resume [^ ]*' sigint.log | sed 's/^to continue: //')
   last=$(grep -o '"step": [0-9]*, "loss"' runs/sigint/train.jsonl | tail -1 | grep -o '[0-9]*')
   if [ -z "$cmd" ] || ! ls checkpoints/sigint/step_*.ckpt >/dev/null 2>&1; then
     fail sigint_saves_and_resumes "no checkpoint or no resume command printed: $(tail -n 3 sigint.log)"

@@ -29,7 +29,7 @@ static void opts_default(TrainOpts *o) {
     snprintf(o->runs_dir, sizeof o->runs_dir, "runs");
     snprintf(o->ckpt_dir, sizeof o->ckpt_dir, "checkpoints");
     snprintf(o->device, sizeof o->device, "auto");
-    snprintf(o->precision, sizeof o->precision, "fp32");
+    snprintf(o->precision, sizeof o->precision, "auto");
     o->batch_size = 8;
     o->seq_len = 256;
     o->grad_accum = 1;
@@ -71,7 +71,7 @@ static int build_flags(Flag *f, TrainOpts *o) {
     FL("keep-optimizer", 0, FLAG_BOOL, &o->keep_optimizer, "with --init-from: keep AdamW moments (else reset)", 0);
     FL("overwrite", 0, FLAG_BOOL, &o->overwrite, "start afresh even if runs/NAME exists (deletes its logs)", 0);
     FL("device", 0, FLAG_STR, o->device, "auto | cpu | cuda", 0);
-    FL("precision", 0, FLAG_STR, o->precision, "fp32 (CPU); bf16 | fp16 | fp32 on CUDA", 0);
+    FL("precision", 0, FLAG_STR, o->precision, "auto (CPU: fp32; GPU: bf16 where supported) | fp32 | bf16", 0);
     FL("runs-dir", 0, FLAG_STR, o->runs_dir, "folder of run logs", 0);
     FL("ckpt-dir", 0, FLAG_STR, o->ckpt_dir, "folder of checkpoints", 0);
     // optimisation
@@ -153,6 +153,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (pr != 0) return 2;
+    snprintf(o.prog, sizeof o.prog, "%s", argv[0]);
     if (trainer_resolve_options(&o, flags, nf) != 0) return 1;
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);

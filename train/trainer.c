@@ -21,6 +21,211 @@
 #include "../plots/report.h"
 #include "../tokenizer/tokenizer.h"
 #include "checkpoint.h"
+#ifdef MOE_WITH_CUDA
+#include "../model/cuda/cuda_model.h"
+#include "../model/cuda/cuda_ops.h"
+#include "../model/cuda/plan.h"
+#endif
+
+// ---------------------------------------------------------------------------------------
+// The engine: the CPU reference, or the CUDA model with the CPU Model as its host mirror
+// (parameters, AdamW state and biases are copied back for checkpoints and samples; routing
+// statistics and biases every step for the logs).
+
+typedef struct {
+    Model *m;
+    int tokens_per_step;
+#ifdef MOE_WITH_CUDA
+    CudaModel *cm;  // NULL: CPU
+    char gpu_name[256];
+    int precision;  // PREC_FP32 / PREC_BF16
+#endif
+} Engine;
+
+static int eng_gpu(const Engine *e) {
+#ifdef MOE_WITH_CUDA
+    return e->cm != NULL;
+#else
+    (void)e;
+    return 0;
+#endif
+}
+
+static void eng_begin_step(Engine *e, float grad_scale) {
+#ifdef MOE_WITH_CUDA
+    if (e->cm) {
+        cuda_model_zero_grad(e->cm);
+        cuda_model_routing_reset(e->cm);
+        cuda_model_set_grad_scale(e->cm, grad_scale);
+        return;
+    }
+#endif
+    model_zero_grad(e->m);
+    routing_stats_reset(e->m);
+    e->m->grad_scale = grad_scale;
+}
+
+// returns the total loss; ce/aux/mtp parts into the model's fields
+static float eng_forward(Engine *e, const int *inputs, const int *targets, int B, int T, int collect) {
+#ifdef MOE_WITH_CUDA
+    if (e->cm) {
+        float loss = cuda_model_forward(e->cm, inputs, targets, B, T);
+        cuda_model_losses(e->cm, &e->m->ce_loss, &e->m->aux_loss, &e->m->mtp_loss);
+        e->m->loss = loss;
+        e->m->n_valid = B * T;
+        if (targets) {
+            int nv = 0;
+            for (int i = 0; i < B * T; i++) nv += targets[i] >= 0;
+            e->m->n_valid = nv;
+        }
+        (void)collect;
+        return loss;
+    }
+#endif
+    return model_forward(e->m, inputs, targets, B, T, collect);
+}
+
+static void eng_backward(Engine *e) {
+#ifdef MOE_WITH_CUDA
+    if (e->cm) {
+        cuda_model_backward(e->cm);
+        return;
+    }
+#endif
+    model_backward(e->m);
+}
+
+static float eng_grad_norm(Engine *e) {
+#ifdef MOE_WITH_CUDA
+    if (e->cm) return cuda_model_grad_norm(e->cm);
+#endif
+    return model_grad_norm(e->m);
+}
+
+static void eng_adamw(Engine *e, float lr, const TrainOpts *o, float scale, int t) {
+#ifdef MOE_WITH_CUDA
+    if (e->cm) {
+        cuda_model_adamw(e->cm, lr, o->beta1, o->beta2, 1e-8f, o->weight_decay, scale, t);
+        return;
+    }
+#endif
+    model_adamw(e->m, lr, o->beta1, o->beta2, 1e-8f, o->weight_decay, scale, t);
+}
+
+// bias update, then (GPU) the step's routing statistics and biases to the host for the logs
+static void eng_end_step(Engine *e) {
+#ifdef MOE_WITH_CUDA
+    if (e->cm) {
+        cuda_model_update_bias(e->cm);
+        Model *m = e->m;
+        int E = m->cfg.n_routed_experts;
+        float load[1024], dropped = 0, ent = 0, top1 = 0;
+        for (int i = 0; i < m->n_moe; i++) {
+            cuda_model_routing_stats(e->cm, i, load, &dropped, &ent, &top1);
+            RoutingStats *s = &m->stats[i];
+            for (int x = 0; x < E; x++) s->load[x] = load[x];
+            s->dropped = dropped;
+            s->entropy_sum = ent;
+            s->top1_sum = top1;
+            s->tokens = e->tokens_per_step;
+        }
+        cuda_model_download_bias(e->cm, m->bias);
+        return;
+    }
+#endif
+    model_update_bias(e->m);
+}
+
+// parameters, AdamW state and biases of the GPU into the host model (checkpoints, samples)
+static void eng_to_host(Engine *e) {
+#ifdef MOE_WITH_CUDA
+    if (e->cm) {
+        cuda_model_download_params(e->cm, e->m->params);
+        cuda_model_download_adam(e->cm, e->m->m, e->m->v);
+        cuda_model_download_bias(e->cm, e->m->bias);
+    }
+#else
+    (void)e;
+#endif
+}
+
+#ifdef MOE_WITH_CUDA
+static void eng_to_device(Engine *e) {
+    cuda_model_upload_params(e->cm, e->m->params);
+    cuda_model_upload_adam(e->cm, e->m->m, e->m->v);
+    cuda_model_upload_bias(e->cm, e->m->bias);
+}
+#endif
+
+// Pick the device: --device cpu, cuda (an error without a GPU) or auto (the GPU when the CUDA
+// runtime finds one). Prints one line saying which. -1 on error.
+static int eng_open(Engine *e, Model *m, const TrainOpts *o, int B, int T, MoeErr *err) {
+    memset(e, 0, sizeof(*e));
+    e->m = m;
+    e->tokens_per_step = B * T * o->grad_accum;
+#ifdef MOE_WITH_CUDA
+    if (strcmp(o->device, "cpu") != 0) {
+        size_t free_b = 0, total_b = 0;
+        int n = cu_device_info(e->gpu_name, sizeof e->gpu_name, &free_b, &total_b);
+        if (n <= 0) {
+            if (!strcmp(o->device, "cuda")) return moe_err_set(err, "--device cuda: no GPU visible to the CUDA runtime");
+            printf("device: no GPU visible to the CUDA runtime: training on the CPU\n");
+        } else {
+            int prec = PREC_FP32;
+            if (!strcmp(o->precision, "bf16") || !strcmp(o->precision, "auto")) prec = cu_supports_bf16() ? PREC_BF16 : PREC_FP32;
+            if (!strcmp(o->precision, "bf16") && prec != PREC_BF16)
+                return moe_err_set(err, "--precision bf16: %s has no bf16 tensor cores (use fp32)", e->gpu_name);
+            if (!strcmp(o->precision, "fp16"))
+                return moe_err_set(err, "--precision fp16: the CUDA trainer does not train in fp16 yet (use bf16 or fp32)");
+            CudaPlan plan;
+            if (cuda_plan(&m->cfg, B, T, prec, 0, &plan, err) != 0) return -1;
+            printf("device: GPU %s (%.1f of %.1f GB free), CUDA backend %s, precision %s\n", e->gpu_name, free_b / 1e9,
+                   total_b / 1e9, cu_backend(), prec == PREC_BF16 ? "bf16" : "fp32");
+            cuda_plan_print(&plan, stdout);
+            if (cuda_plan_check(&plan, free_b, B, 0, err) != 0) return -1;
+            if (cuda_model_create(&e->cm, &m->cfg, B, T, err) != 0) return -1;
+            if (prec == PREC_BF16 && cuda_model_set_bf16(e->cm, 1) != 0) prec = PREC_FP32;
+            e->precision = prec;
+            eng_to_device(e);
+            return 0;
+        }
+    }
+#else
+    if (!strcmp(o->device, "cuda"))
+        return moe_err_set(err, "--device cuda: this build of train has no CUDA backend (build/train_gpu is built by "
+                                "`make train` where nvcc is installed)");
+#endif
+    if (strcmp(o->precision, "fp32") != 0 && strcmp(o->precision, "auto") != 0)
+        return moe_err_set(err, "--precision %s needs the CUDA backend; the CPU reference trains in fp32", o->precision);
+    printf("device: CPU (fp32 reference, %d OpenMP threads)\n", omp_get_max_threads());
+    return 0;
+}
+
+static int eng_precision(const Engine *e) {
+#ifdef MOE_WITH_CUDA
+    return e->cm ? e->precision : 0;
+#else
+    (void)e;
+    return 0;
+#endif
+}
+static const char *eng_backend(const Engine *e) {
+#ifdef MOE_WITH_CUDA
+    if (e->cm) return cu_backend();
+#else
+    (void)e;
+#endif
+    return "cpu";
+}
+
+static void eng_close(Engine *e) {
+#ifdef MOE_WITH_CUDA
+    if (e->cm) cuda_model_free(e->cm);
+    e->cm = NULL;
+#else
+    (void)e;
+#endif
+}
 
 // ---------------------------------------------------------------------------------------
 // option resolution
@@ -37,7 +242,7 @@ static int shape_field_differs(const char *flag, const ModelConfig *a, const Mod
     return 0;
 }
 
-static const char *resume_allowed[] = {"resume", "name", "max-steps", "val-every", "val-batches", "sample-every",
+static const char *resume_allowed[] = {"resume", "name", "max-steps", "precision", "val-every", "val-batches", "sample-every",
                                        "sample-len", "sample-temperature", "sample-top-k", "ckpt-every", "keep-ckpts",
                                        "report-every", "log-every", "max-bad-steps", "stop-after", "tokenizer", "runs-dir",
                                        "ckpt-dir", "device", "train-data", "val-data", NULL};
@@ -161,6 +366,9 @@ int trainer_resolve_options(TrainOpts *o, Flag *flags, int nf) {
         o->beta1 = st.beta1;
         o->beta2 = st.beta2;
         o->seed = st.seed;
+        // the run continues in the precision it was trained in
+        if (!flags_find(flags, nf, "precision")->set)
+            snprintf(o->precision, sizeof o->precision, "%s", st.precision == 1 ? "bf16" : st.precision == 2 ? "fp16" : "fp32");
         resume_data_paths(o, flags, nf, o->name, 1);
     } else if (o->init_from[0]) {
         char path[FLAG_STR_LEN];
@@ -240,8 +448,9 @@ int trainer_resolve_options(TrainOpts *o, Flag *flags, int nf) {
         fprintf(stderr, "error: --device must be auto, cpu or cuda, got '%s'\n", o->device);
         return -1;
     }
-    if (strcmp(o->precision, "fp32") && strcmp(o->precision, "bf16") && strcmp(o->precision, "fp16")) {
-        fprintf(stderr, "error: --precision must be fp32, bf16 or fp16, got '%s'\n", o->precision);
+    if (strcmp(o->precision, "auto") && strcmp(o->precision, "fp32") && strcmp(o->precision, "bf16") &&
+        strcmp(o->precision, "fp16")) {
+        fprintf(stderr, "error: --precision must be auto, fp32, bf16 or fp16, got '%s'\n", o->precision);
         return -1;
     }
     for (const char *p = o->name; *p; p++)
@@ -372,8 +581,9 @@ typedef struct {
     double tokens;
 } EvalStats;
 
-static float evaluate(Model *m, DataLoader *val, int max_batches, int B, int T, int *inputs, int *targets, int *domains,
-                      EvalStats *es) {
+static float evaluate(Engine *eng, DataLoader *val, int max_batches, int B, int T, int *inputs, int *targets,
+                      int *domains, EvalStats *es) {
+    Model *m = eng->m;
     dataloader_reset(val);
     int64_t nb = dataloader_num_batches(val);
     if (max_batches > 0 && nb > max_batches) nb = max_batches;
@@ -382,7 +592,7 @@ static float evaluate(Model *m, DataLoader *val, int max_batches, int B, int T, 
     long valid = 0;
     for (int64_t b = 0; b < nb; b++) {
         dataloader_next(val, inputs, targets, domains);
-        model_forward(m, inputs, targets, B, T, 0);
+        eng_forward(eng, inputs, targets, B, T, 0);
         loss_sum += (double)m->ce_loss * m->n_valid;
         valid += m->n_valid;
         if (!es) continue;
@@ -487,7 +697,8 @@ static void json_str(FILE *fp, const char *s) {
     fputc('"', fp);
 }
 
-static void write_run_json(const char *run_dir, const TrainOpts *o, const Model *m, DataLoader *dl) {
+static void write_run_json(const char *run_dir, const TrainOpts *o, const Model *m, DataLoader *dl, const char *backend,
+                           int precision) {
     char path[2200], cfgjs[4096];
     snprintf(path, sizeof path, "%s/run.json", run_dir);
     FILE *fp = fopen(path, "w");
@@ -503,7 +714,8 @@ static void write_run_json(const char *run_dir, const TrainOpts *o, const Model 
     config_to_json(&m->cfg, cfgjs, sizeof cfgjs);
     fprintf(fp, "{\"name\": ");
     json_str(fp, o->name);
-    fprintf(fp, ", \"created\": \"%s\", \"backend\": \"cpu\", \"precision\": \"fp32\",\n \"config\": %s,\n", ts, cfgjs);
+    fprintf(fp, ", \"created\": \"%s\", \"backend\": \"%s\", \"precision\": \"%s\",\n \"config\": %s,\n", ts, backend,
+            precision == 1 ? "bf16" : precision == 2 ? "fp16" : "fp32", cfgjs);
     fprintf(fp, " \"train\": {\"batch_size\": %d, \"seq_len\": %d, \"grad_accum\": %d, \"lr\": %g, \"min_lr\": %g, "
                 "\"warmup_steps\": %d, \"max_steps\": %d, \"weight_decay\": %g, \"grad_clip\": %g, \"seed\": %llu, "
                 "\"train_data\": ",
@@ -624,17 +836,6 @@ static void print_sample(Model *m, Tokenizer *tok, const TrainOpts *o, uint64_t 
 
 int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
     MoeErr err;
-    // device
-    if (!strcmp(o->device, "cuda")) {
-        fprintf(stderr, "error: --device cuda: this build has no CUDA training backend yet; use --device cpu\n");
-        return 1;
-    }
-    printf("device: CPU (fp32 reference, %d OpenMP threads)%s\n", omp_get_max_threads(),
-           !strcmp(o->device, "auto") ? " - no CUDA training backend in this build" : "");
-    if (strcmp(o->precision, "fp32") != 0) {
-        fprintf(stderr, "error: --precision %s needs the CUDA backend; the CPU reference trains in fp32\n", o->precision);
-        return 1;
-    }
     // data
     DataLoader *train = NULL, *val = NULL;
     if (dataloader_open(&train, o->train_data, o->batch_size, o->seq_len, o->seed, 1, &err) != 0) {
@@ -732,11 +933,20 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
                 printf("data: a new order (the seed, batch size or sequence length differs from the parent's)\n");
         }
     }
+    Engine eng;
+    if (eng_open(&eng, &m, o, o->batch_size, o->seq_len, &err) != 0) {
+        fprintf(stderr, "error: %s\n", err.msg);
+        eng_close(&eng);
+        model_free(&m);
+        dataloader_free(train);
+        dataloader_free(val);
+        return 1;
+    }
     if (make_dirs(run_dir, &err) != 0 || make_dirs(ckpt_dir, &err) != 0) {
         fprintf(stderr, "error: %s\n", err.msg);
         return 1;
     }
-    write_run_json(run_dir, o, &m, val ? val : train);
+    write_run_json(run_dir, o, &m, val ? val : train, eng_backend(&eng), eng_precision(&eng));
     config_print(&m.cfg, stdout);
     printf("parameters: %.2f M total, %.2f M active per token | batch %d x %d x %d accum = %d tokens/step\n",
            (double)m.num_params / 1e6, active_params(&m.cfg) / 1e6, o->batch_size, o->seq_len, o->grad_accum,
@@ -744,8 +954,8 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
     GenCacheReport cr;
     generate_cache_report(&m.cfg, &cr);
     generate_cache_report_print(&cr, m.cfg.max_seq_len, stdout);
-    printf("logs: %s/ | checkpoints: %s/ | stop with Ctrl-C (saves), resume with: ./build/train --resume %s\n", run_dir,
-           ckpt_dir, o->name);
+    printf("logs: %s/ | checkpoints: %s/ | stop with Ctrl-C (saves), resume with: %s --resume %s\n", run_dir, ckpt_dir,
+           o->prog, o->name);
     fflush(stdout);
     Tokenizer *tok = NULL;
     if (o->sample_every > 0 && o->tokenizer[0] && file_exists(o->tokenizer)) {
@@ -784,25 +994,23 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
     double t_report = 0.0;
     while (step < o->max_steps && !*stop) {
         double t0 = wall_seconds();
-        model_zero_grad(&m);
-        routing_stats_reset(&m);
-        m.grad_scale = 1.0f / (float)o->grad_accum;
+        eng_begin_step(&eng, 1.0f / (float)o->grad_accum);
         double loss = 0.0, ce = 0.0, aux = 0.0, mtp = 0.0;
         int finite = 1;
         for (int micro = 0; micro < o->grad_accum; micro++) {
             dataloader_next(train, inputs, targets, domains);
-            float l = model_forward(&m, inputs, targets, B, T, 1);
+            float l = eng_forward(&eng, inputs, targets, B, T, 1);
             if (!isfinite(l)) {
                 finite = 0;
                 break;
             }
-            model_backward(&m);
+            eng_backward(&eng);
             loss += l / o->grad_accum;
             ce += m.ce_loss / o->grad_accum;
             aux += m.aux_loss / o->grad_accum;
             mtp += m.mtp_loss / o->grad_accum;
         }
-        float norm = finite ? model_grad_norm(&m) : NAN;
+        float norm = finite ? eng_grad_norm(&eng) : NAN;
         if (!finite || !isfinite(norm)) {
             bad_steps++;
             fprintf(stderr, "warning: step %lld: %s is not finite; the step is skipped (parameters unchanged) [%d in a row]\n",
@@ -820,8 +1028,8 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
         bad_steps = 0;
         float lr = lm_lr_schedule((int)step, o->warmup_steps, o->max_steps, o->lr, o->min_lr);
         float clip = (o->grad_clip > 0 && norm > o->grad_clip) ? o->grad_clip / norm : 1.0f;
-        model_adamw(&m, lr, o->beta1, o->beta2, 1e-8f, o->weight_decay, clip, (int)step + 1);
-        model_update_bias(&m);
+        eng_adamw(&eng, lr, o, clip, (int)step + 1);
+        eng_end_step(&eng);
         step++;
         tokens_seen += (int64_t)N * o->grad_accum;
         double dt = wall_seconds() - t0;
@@ -871,6 +1079,12 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
                    o->max_steps, loss, lr, norm, tps, tps * flops_per_token / 1e9);
             if (m.n_moe > 0)
                 printf(" | maxvio %.3f | min H %.3f/%.3f", mean_vio, min_ent, log((double)m.cfg.n_routed_experts));
+#ifdef MOE_WITH_CUDA
+            if (eng.cm) {
+                double mfu = gpu_mfu(tps * flops_per_token, eng.gpu_name, eng.precision);
+                if (mfu >= 0) printf(" | MFU %.1f%%", 100.0 * mfu);
+            }
+#endif
             printf("\n");
             fflush(stdout);
         }
@@ -885,22 +1099,28 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
                 memset(es.across, 0, sizeof(double) * (size_t)es.nm * es.E * es.E);
                 es.tokens = 0;
             }
-            float vl = evaluate(&m, val, o->val_batches, B, T, inputs, targets, domains, es.dom_counts ? &es : NULL);
+            float vl = evaluate(&eng, val, o->val_batches, B, T, inputs, targets, domains,
+                                es.dom_counts && !eng_gpu(&eng) ? &es : NULL);
             printf("step %5lld | val loss %.4f\n", (long long)step, vl);
             fprintf(ftrain, "{\"step\": %lld, \"val_loss\": ", (long long)step);
             jnum(ftrain, vl);
             fprintf(ftrain, "}\n");
             fflush(ftrain);
-            if (es.dom_counts) write_eval_logs(run_dir, &m, &es, val, step);
+            if (es.dom_counts && !eng_gpu(&eng)) write_eval_logs(run_dir, &m, &es, val, step);
             if (vl < best_val) {
                 best_val = vl;
                 is_best = 1;
             }
         }
-        if (o->sample_every > 0 && step % o->sample_every == 0) print_sample(&m, tok, o, &rng);
+        if (o->sample_every > 0 && step % o->sample_every == 0) {
+            eng_to_host(&eng);
+            print_sample(&m, tok, o, &rng);
+        }
         if ((o->ckpt_every > 0 && step % o->ckpt_every == 0) || last || is_best) {
             CkptTrainState st;
             fill_state(&st, o, step, tokens_seen, rng, best_val, bad_steps, train);
+            st.precision = eng_precision(&eng);
+            eng_to_host(&eng);
             if (save_checkpoint(o, ckpt_dir, &m, &st, is_best) != 0) {
                 rc = 1;
                 break;
@@ -916,6 +1136,8 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
     if (rc == 0 && saved_step != step) {  // a signal arrived after this step's checkpoint decision
         CkptTrainState st;
         fill_state(&st, o, step, tokens_seen, rng, best_val, bad_steps, train);
+        st.precision = eng_precision(&eng);
+        eng_to_host(&eng);
         if (save_checkpoint(o, ckpt_dir, &m, &st, 0) != 0) rc = 1;
     }
     if (*stop && rc == 0) printf("stopped at step %lld (checkpoint saved)\n", (long long)step);
@@ -931,9 +1153,9 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
     else printf("report: %s/report.html\n", run_dir);
     if (t_report > 0) printf("time spent refreshing reports: %.1f s\n", t_report);
     if (rc == 0 && step < o->max_steps)
-        printf("to continue: ./build/train --resume %s   (or: make train RESUME=1 NAME=%s)\n", o->name, o->name);
+        printf("to continue: %s --resume %s   (or: make train RESUME=1 NAME=%s)\n", o->prog, o->name, o->name);
     else if (rc == 0)
-        printf("done. To train longer: ./build/train --resume %s --max-steps %d\n", o->name, o->max_steps * 2);
+        printf("done. To train longer: %s --resume %s --max-steps %d\n", o->prog, o->name, o->max_steps * 2);
     if (have_det) collapse_free(&det);
     free(es.dom_counts);
     free(es.dom_tokens);
@@ -943,6 +1165,7 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
     free(targets);
     free(domains);
     if (tok) tokenizer_free(tok);
+    eng_close(&eng);
     model_free(&m);
     dataloader_free(train);
     dataloader_free(val);

@@ -25,6 +25,7 @@ typedef struct {
     int ckpt_every, keep_ckpts, report_every, log_every, max_bad_steps, stop_after;
     // filled by trainer_resolve_options
     char overrides_json[4096];   // options set on the command line with --init-from
+    char prog[256];              // argv[0], for the resume command printed at the end
 } TrainOpts;
 
 // Apply string options (score function, balance), validate; for --resume / --init-from,

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The trainer's CUDA path (--device cuda), with the CUDA kernels compiled through the
+# CUDA-on-CPU harness (build/train_hx): the same losses as the CPU reference step by step,
+# checkpoints from the GPU path resume exactly, bf16 GEMMs train, and the CPU-only binary
+# refuses --device cuda with a clear message.
+set -u
+BUILD=${BUILD:-build}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+HX="$ROOT/$BUILD/train_hx"
+CPU="$ROOT/$BUILD/train"
+W=$(mktemp -d /tmp/moe_train_cuda.XXXXXX)
+trap 'rm -rf "$W"' EXIT
+cd "$W"
+pass() { echo "PASS $1"; }
+fail() { echo "FAIL $1: $2"; }
+if [ ! -x "$HX" ]; then echo "SKIP train_cuda_harness: $HX not built (no CUDA headers)"; exit 0; fi
+"$ROOT/$BUILD/gen_shards" train.bin 64 40000 1 4 2 && "$ROOT/$BUILD/gen_shards" val.bin 64 6000 2 4 2 || { fail setup gen_shards; exit 1; }
+TINY=(--train-data train.bin --val-data val.bin -C 32 -L 3 -H 2 --kv-lora-rank 16 --qk-nope-dim 8 --qk-rope-dim 4
+      --v-head-dim 8 --inter-dim 48 --moe-inter-dim 16 -E 4 -K 2 -b 2 -t 16 --report-every 0 --sample-every 0
+      --log-every 1 --val-every 4 --val-batches 2 -x 8 --ckpt-every 4 --lr 5e-3)
+losses() { grep -o '"loss": [0-9.e-]*' "$1" | awk '{print $2}'; }
+
+# 1. the GPU path in fp32 follows the CPU reference step by step
+"$CPU" "${TINY[@]}" --name cpu --device cpu > cpu.log 2>&1 &&
+"$HX" "${TINY[@]}" --name gpu --device cuda --precision fp32 > gpu.log 2>&1
+if [ $? -ne 0 ]; then fail train_cuda_matches_cpu "a run failed: $(tail -n 3 gpu.log cpu.log)"
+elif ! grep -q "device: GPU" gpu.log; then fail train_cuda_matches_cpu "the GPU path was not taken: $(head -n 2 gpu.log)"
+else
+  d=$(paste <(losses runs/cpu/train.jsonl) <(losses runs/gpu/train.jsonl) | awk '{d=$1-$2; if(d<0)d=-d; if(d>m)m=d} END{print m+0}')
+  n=$(losses runs/gpu/train.jsonl | wc -l)
+  if [ "$n" -eq 8 ] && awk -v d="$d" 'BEGIN{exit !(d < 2e-3)}'; then pass "train_cuda_matches_cpu (8 steps, max |loss diff| $d)"
+  else fail train_cuda_matches_cpu "$n steps, max loss difference $d"; fi
+  grep -q '"maxvio"' runs/gpu/routing.jsonl && pass train_cuda_routing_logs || fail train_cuda_routing_logs "no routing statistics"
+fi
+
+# 2. a GPU checkpoint resumes exactly on the GPU path
+"$HX" "${TINY[@]}" --name r --device cuda --precision fp32 --stop-after 4 > r1.log 2>&1 &&
+"$HX" --resume r --device cuda > r2.log 2>&1
+if [ $? -ne 0 ]; then fail train_cuda_resume "$(tail -n 3 r2.log)"
+elif cmp -s <(losses runs/gpu/train.jsonl) <(losses runs/r/train.jsonl); then pass train_cuda_resume
+else fail train_cuda_resume "losses of the resumed run differ from the straight run"; fi
+
+# 3. bf16 GEMMs train (loss falls) and the checkpoint records the precision
+if "$HX" "${TINY[@]}" --name bf --device cuda --precision bf16 -x 30 --val-every 30 > bf.log 2>&1 &&
+   grep -q "precision bf16" bf.log && grep -q '"precision": "bf16"' runs/bf/run.json; then
+  a=$(losses runs/bf/train.jsonl | head -1); b=$(losses runs/bf/train.jsonl | tail -1)
+  if awk -v a="$a" -v b="$b" 'BEGIN{exit !(b < a - 0.3)}'; then pass "train_cuda_bf16 (loss $a -> $b)"
+  else fail train_cuda_bf16 "loss did not fall: $a -> $b"; fi
+else fail train_cuda_bf16 "$(tail -n 3 bf.log)"; fi
+
+# 4. the CPU-only binary refuses --device cuda, and falls back on auto
+if "$CPU" "${TINY[@]}" --name x --device cuda > x.log 2>&1; then fail train_cpu_refuses_cuda "exit 0"
+elif grep -q "no CUDA backend" x.log; then pass train_cpu_refuses_cuda
+else fail train_cpu_refuses_cuda "$(cat x.log)"; fi
