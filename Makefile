@@ -127,6 +127,9 @@ bench: deps
 	@echo "== CPU training throughput (default config) =="
 	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} ./$(BUILD)/bench_train 10
 	@for b in $(BENCH_PROGS); do echo "== $$b =="; ./$(BUILD)/$$b || exit 1; done
+	@if [ -n "$(CUDA_ENABLED)" ] && command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+	  echo "== GPU training throughput and MFU =="; $(MAKE) --no-print-directory bench-gpu; \
+	else echo "== GPU section skipped: no GPU visible (nvidia-smi -L)$(if $(CUDA_ENABLED),, or no nvcc) =="; fi
 
 # Reports: RUN=name regenerates runs/name/report.html; RUNS="a b c" compares runs side by
 # side into runs/compare/compare.html.
