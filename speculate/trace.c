@@ -148,7 +148,7 @@ TraceWriter *trace_writer_open(const char *path, const TraceHeader *h, MoeErr *e
         free(w);
         return NULL;
     }
-    encode_header(h, 0, hbuf);  // placeholder until close
+    encode_header(h, 0, hbuf);  // counts are zero here; the header is rewritten at close
     size_t put = fwrite(hbuf, 1, hb, w->fp);
     free(hbuf);
     if (put != hb) {

@@ -687,7 +687,7 @@ void model_backward(Model *m) {
         float *demb = scr(&S, (size_t)N * C);
         rmsnorm_backward(demb, C, m->g.mtp_enorm, den, m->mtp_emb, C, m->p.mtp_enorm, m->mtp_en_rstd, N, C);
         rmsnorm_backward(dx, C, m->g.mtp_hnorm, dhn, m->x_final, C, m->p.mtp_hnorm, m->mtp_hn_rstd, N, C);
-        // tokens whose target was ignored used a placeholder embedding: no gradient through it
+        // tokens whose target was ignored embedded token 0 as a stand-in: no gradient flows through it
         for (int n = 0; n < N; n++)
             if (m->targets[n] < 0) memset(demb + (size_t)n * C, 0, sizeof(float) * C);
         encoder_backward(m->g.wte, demb, m->mtp_emb_tok, N, C);

@@ -201,7 +201,7 @@ int cuda_model_create(CudaModel **out, const ModelConfig *cfg, int B_max, int T_
     if (cfg->n_layers + cfg->mtp_depth > 63) return moe_err_set(err, "config: n_layers too large (max 63)");
     if (B_max <= 0 || T_max <= 0 || T_max > cfg->max_seq_len)
         return moe_err_set(err, "cuda model: batch %d x %d is invalid (max_seq_len %d)", B_max, T_max, cfg->max_seq_len);
-    if (cfg->mtp_depth > 1) return moe_err_set(err, "cuda model: MTP depth above 1 is not implemented");
+    if (cfg->mtp_depth > 1) return moe_err_set(err, "cuda model: mtp_depth must be 0 or 1");
     if (cfg->n_routed_experts > 256 || cfg->top_k > 16 || cfg->n_expert_groups > 64)
         return moe_err_set(err, "cuda model: at most 256 routed experts, top_k 16, 64 expert groups");
     if (cfg_qk_head_dim(cfg) > 256 || cfg->v_head_dim > 256)
@@ -703,7 +703,7 @@ void cuda_model_backward(CudaModel *m) {
         cu_zero(m->demb, sizeof(float) * (size_t)N * C);
         cu_rmsnorm_backward(m->demb, C, m->g.mtp_enorm, m->den, m->mtp_emb, C, m->p.mtp_enorm, m->mtp_en_rstd, N, C);
         cu_rmsnorm_backward(m->dx, C, m->g.mtp_hnorm, m->dhn, m->x_final, C, m->p.mtp_hnorm, m->mtp_hn_rstd, N, C);
-        // tokens whose target was ignored used a placeholder embedding: no gradient through it
+        // tokens whose target was ignored embedded token 0 as a stand-in: no gradient flows through it
         LAUNCH(zero_masked_rows_kernel, ceil_div((long)N * C, 256), 256, 0, 0, m->demb, m->targets, N, C);
         cu_encoder_backward(m->g.wte, m->demb, m->mtp_emb_tok, N, C);
     }
