@@ -585,12 +585,19 @@ static float evaluate(Engine *eng, DataLoader *val, int max_batches, int B, int 
                       int *domains, EvalStats *es) {
     Model *m = eng->m;
     dataloader_reset(val);
-    int64_t nb = dataloader_num_batches(val);
+    int64_t total = dataloader_num_batches(val), nb = total;
     if (max_batches > 0 && nb > max_batches) nb = max_batches;
+    DataLoaderState vs;
+    dataloader_get_state(val, &vs);
     int E = m->cfg.n_routed_experts, K = m->cfg.top_k, N = B * T;
     double loss_sum = 0.0;
     long valid = 0;
     for (int64_t b = 0; b < nb; b++) {
+        // a subset of the split is spread evenly over it (shards hold documents grouped by
+        // domain, so the first batches alone would see one domain)
+        vs.position = (b * total / nb) * B;
+        MoeErr serr;
+        if (dataloader_set_state(val, &vs, &serr) != 0) break;
         dataloader_next(val, inputs, targets, domains);
         eng_forward(eng, inputs, targets, B, T, 0);
         loss_sum += (double)m->ce_loss * m->n_valid;
