@@ -55,7 +55,7 @@ for seed in 1 2; do
   abl "bal_none$s" --balance none --seed $seed
   abl "bal_aux1e-2$s" --balance aux --aux-alpha 1e-2 --seed $seed
   abl "bal_bias_g1e-3$s" --balance bias --bias-update-speed 1e-3 --seed $seed
-  abl "bal_bias+seqaux$s" --balance bias+seqaux --aux-alpha 1e-4 --seed $seed
+  abl "bal_bias_seqaux$s" --balance bias+seqaux --aux-alpha 1e-4 --seed $seed
 done
 abl bal_aux1e-3 --balance aux --aux-alpha 1e-3
 abl bal_bias_g1e-4 --balance bias --bias-update-speed 1e-4
@@ -76,5 +76,5 @@ run scratch_fine16 "${MODEL[@]}" "${S[@]}" -E 16 --moe-inter-dim 96 -K 4
 run scratch_mtp "${MODEL[@]}" "${S[@]}" --mtp-depth 1 --mtp-lambda 0.3
 # tables and figures
 python3 scripts/analysis_tables.py runs > runs/analysis_tables.md
-./build/report -q --compare runs/an_compare_balance runs/an_bal_none runs/an_bal_aux1e-2 runs/an_bal_bias_g1e-3 runs/an_bal_bias+seqaux >/dev/null 2>&1 || true
+./build/report -q --compare runs/an_compare_balance runs/an_bal_none runs/an_bal_aux1e-2 runs/an_bal_bias_g1e-3 runs/an_bal_bias_seqaux >/dev/null 2>&1 || true
 echo "tables: runs/analysis_tables.md"

@@ -103,7 +103,7 @@ def main():
     print("| balancing | val loss seed 1 | val loss seed 2 | spread |")
     print("| --- | ---: | ---: | ---: |")
     by = {r["name"]: r for r in rows}
-    for b in ["bal_none", "bal_aux1e-2", "bal_bias_g1e-3", "bal_bias+seqaux"]:
+    for b in ["bal_none", "bal_aux1e-2", "bal_bias_g1e-3", "bal_bias_seqaux"]:
         a, c = by.get(b), by.get(b + "_s2")
         if a and c:
             print("| %s | %s | %s | %s |" % (b[4:], fmt(a["val"], 4), fmt(c["val"], 4), fmt(abs(a["val"] - c["val"]), 4)))
