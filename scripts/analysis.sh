@@ -45,9 +45,14 @@ BASE=checkpoints/an_base/step_$(printf %08d "$BASE_STEPS").ckpt
 ONLY_SAVE=$ONLY; ONLY=""
 run base "${MODEL[@]}" "${RUN[@]}" -x "$BASE_STEPS" --balance bias --seed 1
 ONLY=$ONLY_SAVE
+# ablations validate every ABL_VAL_EVERY steps on ABL_VAL_BATCHES batches (the values that
+# produced ANALYSIS.md: 50 and 8, the trainer's defaults); samples every 100 steps, reports every 50
+ABL_VAL_EVERY=${ABL_VAL_EVERY:-50}; ABL_VAL_BATCHES=${ABL_VAL_BATCHES:-8}
+[ "$SCALE" = smoke ] && { ABL_VAL_EVERY=4; ABL_VAL_BATCHES=2; }
 abl() {  # name, flags... (from the base checkpoint; the schedule continues without warmup)
   local name=$1; shift
-  run "$name" --init-from "$BASE" --keep-optimizer -x "$ABL_STEPS" --warmup-steps 0 --ckpt-every "$ABL_STEPS" "$@"
+  run "$name" --init-from "$BASE" --keep-optimizer -x "$ABL_STEPS" --warmup-steps 0 --ckpt-every "$ABL_STEPS" \
+    --val-every "$ABL_VAL_EVERY" --val-batches "$ABL_VAL_BATCHES" --sample-every 100 --report-every 50 "$@"
 }
 # 1. balancing (two seeds for the main comparison: seed 2 changes the data order after the base)
 for seed in 1 2; do
