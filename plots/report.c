@@ -51,6 +51,16 @@ static void layer_names(const RoutingLog *g, char (*names)[32], const char **ptr
     }
 }
 
+// the legend of a per-layer line chart: one colour per MoE layer
+static void layer_legend(Axes *ax, const RoutingLog *g) {
+    char names[256][32];
+    const char *ptrs[256];
+    Rgb colors[256];
+    layer_names(g, names, ptrs, 256);
+    for (int li = 0; li < g->L && li < 256; li++) colors[li] = palette_color(li, g->L);
+    axes_legend(ax, ptrs, colors, NULL, g->L < 256 ? g->L : 256, 0);
+}
+
 // first and last logged step (min and max: a run resumed from an earlier checkpoint logs
 // some steps twice)
 static double step_min(const RoutingLog *g) {
@@ -389,12 +399,7 @@ int chart_entropy(const RunLog *r, const char *path, Axes *ax_out, MoeErr *err) 
             return moe_err_set(err, "%s: out of memory", path);
         }
         draw_events(&ax, r, -1);
-        char names[256][32];
-        const char *ptrs[256];
-        Rgb colors[256];
-        layer_names(g, names, ptrs, 256);
-        for (int li = 0; li < g->L && li < 256; li++) colors[li] = palette_color(li, g->L);
-        axes_legend(&ax, ptrs, colors, NULL, g->L < 256 ? g->L : 256, 0);
+        layer_legend(&ax, g);
     }
     if (ax_out) *ax_out = ax;
     return save_png(&cv, path, err);
@@ -449,12 +454,7 @@ int chart_maxvio(const RunLog *r, const char *path, Axes *ax_out, MoeErr *err) {
             axes_series(&ax, g->step, y, g->n, dark, 4.0f);
         }
         draw_events(&ax, r, -1);
-        char names[256][32];
-        const char *ptrs[256];
-        Rgb colors[256];
-        layer_names(g, names, ptrs, 256);
-        for (int li = 0; li < g->L && li < 256; li++) colors[li] = palette_color(li, g->L);
-        axes_legend(&ax, ptrs, colors, NULL, g->L < 256 ? g->L : 256, 0);
+        layer_legend(&ax, g);
         char note[96];
         snprintf(note, sizeof note, "values below %g drawn at %g", MAXVIO_FLOOR, MAXVIO_FLOOR);
         canvas_text(&cv, (float)ax.x1, (float)ax.y1 + 30, note, 11.0f, RGB_AXIS, TEXT_RIGHT, TEXT_TOP, 0);
@@ -734,12 +734,7 @@ int chart_top1(const RunLog *r, const char *path, Axes *ax_out, MoeErr *err) {
             return moe_err_set(err, "%s: out of memory", path);
         }
         draw_events(&ax, r, -1);
-        char names[256][32];
-        const char *ptrs[256];
-        Rgb colors[256];
-        layer_names(g, names, ptrs, 256);
-        for (int li = 0; li < g->L && li < 256; li++) colors[li] = palette_color(li, g->L);
-        axes_legend(&ax, ptrs, colors, NULL, g->L < 256 ? g->L : 256, 0);
+        layer_legend(&ax, g);
     }
     if (ax_out) *ax_out = ax;
     return save_png(&cv, path, err);
@@ -774,12 +769,7 @@ int chart_dropped(const RunLog *r, const char *path, Axes *ax_out, MoeErr *err) 
             canvas_free(&cv);
             return moe_err_set(err, "%s: out of memory", path);
         }
-        char names[256][32];
-        const char *ptrs[256];
-        Rgb colors[256];
-        layer_names(g, names, ptrs, 256);
-        for (int li = 0; li < g->L && li < 256; li++) colors[li] = palette_color(li, g->L);
-        axes_legend(&ax, ptrs, colors, NULL, g->L < 256 ? g->L : 256, 0);
+        layer_legend(&ax, g);
     }
     if (ax_out) *ax_out = ax;
     return save_png(&cv, path, err);
