@@ -6,6 +6,7 @@
 #define MOE_CUDA_COMMON_CUH
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <float.h>
 #include <stdio.h>
@@ -51,6 +52,35 @@ static inline void cuda_check_(cudaError_t e, const char *file, int line) {
 
 // ---- helpers ----------------------------------------------------------------------------------
 static inline int ceil_div(long a, long b) { return (int)((a + b - 1) / b); }
+
+// ---- element types (CuDtype of cuda_ops.h: CU_F32, CU_BF16, CU_F16) -----------------------------
+typedef __nv_bfloat16 bf16;
+typedef __half f16;
+// an element of any of the three types as fp32, and fp32 into one (round to nearest even)
+static __device__ inline float ldf(float x) { return x; }
+static __device__ inline float ldf(bf16 x) { return __bfloat162float(x); }
+static __device__ inline float ldf(f16 x) { return __half2float(x); }
+template <typename T> __device__ inline T stf(float x);
+template <> __device__ inline float stf<float>(float x) { return x; }
+template <> __device__ inline bf16 stf<bf16>(float x) { return __float2bfloat16(x); }
+template <> __device__ inline f16 stf<f16>(float x) { return __float2half(x); }
+
+// DISPATCH_DT(dt, T, statements): the statements with the type T = float, bf16 or f16 for
+// dt = CU_F32, CU_BF16, CU_F16 (an unknown dt is an internal error that exits). A kernel
+// template of one type is launched as LAUNCH(kernel<T>, ...); one of two types through a
+// pointer first: `auto *kfn = kernel<T, float>; LAUNCH(kfn, ...)`.
+#define DISPATCH_DT(dt, T, ...)                                                                  \
+    do {                                                                                         \
+        switch (dt) {                                                                            \
+        case 0: { typedef float T; __VA_ARGS__; } break;                                         \
+        case 1: { typedef bf16 T; __VA_ARGS__; } break;                                          \
+        case 2: { typedef f16 T; __VA_ARGS__; } break;                                           \
+        default:                                                                                 \
+            fprintf(stderr, "error: internal: unknown element type %d at %s:%d\n", (int)(dt), __FILE__, \
+                    __LINE__);                                                                   \
+            exit(EXIT_FAILURE);                                                                  \
+        }                                                                                        \
+    } while (0)
 
 static __device__ inline float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -2,8 +2,8 @@
 // (under the CUDA-on-CPU harness device memory is host memory). Shapes and semantics follow
 // the CPU reference (model/layers.h, model/cpu/moe.c): same names, same row-major layouts,
 // backward functions ACCUMULATE (+=) into parameter and input gradients unless said.
-// fp32 throughout; every function is asynchronous on the default stream unless it says it
-// synchronises (only cu_download and cu_sync do).
+// Every function is asynchronous on the default stream unless it says it synchronises (only
+// cu_download and cu_sync do).
 #ifndef MOE_CUDA_OPS_H
 #define MOE_CUDA_OPS_H
 
@@ -26,61 +26,91 @@ const char *cu_backend(void);
 // number of visible devices (0 when none or no driver: the caller falls back to the CPU, and
 // nothing is printed); name, free and total memory of device 0. Any output pointer may be NULL.
 int cu_device_info(char *name, size_t name_len, size_t *free_bytes, size_t *total_bytes);
-// 1 when the device computes bf16 GEMMs (compute capability 8.0 or later; always under the harness)
-int cu_supports_bf16(void);
+// compute capability major * 10 + minor of device 0 (0 when none; 90 under the harness)
+int cu_compute_capability(void);
+
+// ---- element types ---------------------------------------------------------------------
+// Activations and the working copy of the weights are stored in one of three element types
+// (the run's precision); every accumulation is fp32. A buffer of "type dt" is a void pointer
+// to fp32 (float), bf16 or fp16 values (raw bits, uint16_t on the host). Fixed fp32 buffers
+// stay float *. Rule of the model: a tensor that is a GEMM operand (inputs, weights, the
+// output gradients a GEMM reads) is of type dt; a tensor a GEMM or a reduction accumulates
+// into (parameter gradients, input gradients, the residual stream, statistics) is fp32.
+typedef enum { CU_F32 = 0, CU_BF16 = 1, CU_F16 = 2 } CuDtype;  // the same values as Precision (plan.h)
+size_t cu_dtype_size(int dt);                                   // 4, 2, 2
+const char *cu_dtype_name(int dt);                              // "fp32", "bf16", "fp16"
+// 1 when the device has tensor cores for dt (bf16: compute capability 8.0+, fp16: 7.0+; fp32:
+// always); under the harness always 1
+int cu_supports_dtype(int dt);
+// out (n, of out_dt) = in (n, of in_dt), round to nearest even; the same type is a copy
+void cu_convert(void *out, int out_dt, const void *in, int in_dt, long n);
+// fp32 -> bf16 with stochastic rounding (unbiased), deterministic for a seed
+void cu_f32_to_bf16_stochastic(uint16_t *out, const float *in, long n, unsigned seed);
 
 // ---- GEMM (row-major, the semantics of common/gemm.h; cuBLAS under nvcc, the CPU gemm()
 // under the harness) -------------------------------------------------------------------------
 void cu_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
              int ldb, float beta, float *C, int ldc);
-// out (N, OC) = inp (N, IC) @ weight (OC, IC)^T
-void cu_matmul_forward(float *out, const float *inp, const float *weight, int N, int IC, int OC);
-// dinp (N, IC) += dout @ weight; dweight (OC, IC) += dout^T @ inp; either may be NULL
-void cu_matmul_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight, int N,
-                        int IC, int OC);
+// A and B of type ab_dt, C of type c_dt (CU_F32 or ab_dt), fp32 accumulation (cublasGemmEx,
+// CUBLAS_COMPUTE_32F; fp32 inputs run exact fp32, no TF32). beta != 0 reads C.
+void cu_gemm_ex(int transA, int transB, int M, int N, int K, float alpha, const void *A, int lda, const void *B,
+                int ldb, int ab_dt, float beta, void *C, int ldc, int c_dt);
+// out (N, OC) of out_dt = inp (N, IC) @ weight (OC, IC)^T; inp and weight of type dt
+void cu_matmul_forward(void *out, int out_dt, const void *inp, const void *weight, int N, int IC, int OC, int dt);
+// dinp (N, IC) += dout @ weight; dweight (OC, IC) += dout^T @ inp; both fp32 (either may be
+// NULL); dout, inp, weight of type dt
+void cu_matmul_backward(float *dinp, float *dweight, const void *dout, const void *inp, const void *weight, int N,
+                        int IC, int OC, int dt);
 
-// ---- embedding ------------------------------------------------------------------------------
+// ---- embedding (the residual stream is fp32; wte is the fp32 master) ------------------------
 void cu_encoder_forward(float *out, const int *inp, const float *wte, int N, int C);
 // deterministic: one thread per channel adds the tokens in order (as the CPU reference)
 void cu_encoder_backward(float *dwte, const float *dout, const int *inp, int N, int C);
 
-// ---- RMSNorm ----------------------------------------------------------------------------------
-void cu_rmsnorm_forward(float *out, float *rstd, const float *inp, int in_stride, const float *weight, int N, int C,
-                        float eps);
-// fused residual: x_out (N, C) = a + b, then out = rmsnorm(x_out)
-void cu_residual_rmsnorm_forward(float *x_out, float *out, float *rstd, const float *a, const float *b,
+// ---- RMSNorm (weights: the fp32 master; rstd fp32) -------------------------------------------
+// out (N, C) of out_dt = rmsnorm(inp), inp (N rows of in_stride) of in_dt
+void cu_rmsnorm_forward(void *out, int out_dt, float *rstd, const void *inp, int in_stride, int in_dt,
+                        const float *weight, int N, int C, float eps);
+// fused residual: x_out (N, C) = a + b (fp32; x_out may alias a or b), then out (out_dt) = rmsnorm(x_out)
+void cu_residual_rmsnorm_forward(float *x_out, void *out, int out_dt, float *rstd, const float *a, const float *b,
                                  const float *weight, int N, int C, float eps);
-void cu_rmsnorm_backward(float *dinp, int dinp_stride, float *dweight, const float *dout, const float *inp,
-                         int in_stride, const float *weight, const float *rstd, int N, int C);
+// dinp (fp32, row stride dinp_stride) += ..., dweight (fp32) += ...; dout fp32; inp of in_dt
+void cu_rmsnorm_backward(float *dinp, int dinp_stride, float *dweight, const float *dout, const void *inp,
+                         int in_stride, int in_dt, const float *weight, const float *rstd, int N, int C);
 
 // ---- elementwise --------------------------------------------------------------------------------
 // y (n) = a + b (out-of-place residual add; y may alias a)
 void cu_add(float *y, const float *a, const float *b, long n);
-void cu_rope_apply(float *x, int N, int n_heads, int tok_stride, int head_stride, int d, const int *pos,
+// interleaved-pair RoPE in place on x of type dt (inverse: the transpose, for backward)
+void cu_rope_apply(void *x, int dt, int N, int n_heads, int tok_stride, int head_stride, int d, const int *pos,
                    float theta, int inverse);
-void cu_swiglu_forward(float *out, const float *h1, const float *h3, long n);
-void cu_swiglu_backward(float *dh1, float *dh3, const float *dout, const float *h1, const float *h3, long n);
+// out = silu(h1) * h3, all of type dt
+void cu_swiglu_forward(void *out, const void *h1, const void *h3, long n, int dt);
+// dh1, dh3 (type dt) are WRITTEN (not accumulated: they are GEMM operands) from dout (fp32)
+// and h1, h3 (type dt)
+void cu_swiglu_backward(void *dh1, void *dh3, const float *dout, const void *h1, const void *h3, long n, int dt);
 
 // ---- causal attention, flash style (online softmax; saves lse instead of the probabilities) --
-// q, k (B, T, H, dqk), v (B, T, H, dv) -> out (B, T, H, dv); lse (B, H, T): log-sum-exp of the
-// scaled scores of each query row. dqk, dv <= 256.
-void cu_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int H,
-                          int dqk, int dv, float scale);
-// dq, dk, dv accumulate; scratch: B*H*T floats.
-void cu_attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout, const float *out,
-                           const float *lse, const float *q, const float *k, const float *v, int B, int T, int H,
-                           int dqk, int dv_dim, float scale);
+// q, k (B, T, H, dqk), v (B, T, H, dv), out (B, T, H, dv), all of type dt; lse (B, H, T) fp32:
+// log-sum-exp of the scaled scores of each query row. fp32 arithmetic inside. dqk, dv <= 256.
+void cu_attention_forward(void *out, float *lse, const void *q, const void *k, const void *v, int B, int T, int H,
+                          int dqk, int dv, float scale, int dt);
+// dq, dk, dv (fp32) accumulate; dout fp32; out, q, k, v of type dt; scratch: B*H*T floats.
+void cu_attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout, const void *out,
+                           const float *lse, const void *q, const void *k, const void *v, int B, int T, int H,
+                           int dqk, int dv_dim, float scale, int dt);
 
-// ---- cross-entropy ------------------------------------------------------------------------------
+// ---- cross-entropy (logits of type dt) --------------------------------------------------------
 // lse (N); loss_out (1): mean loss over targets >= 0 (0 when none); n_valid_out (1); scratch: N
 // floats. Nothing is copied to the host.
-void cu_crossentropy_forward(float *lse, float *loss_out, int *n_valid_out, float *scratch, const float *logits,
-                             const int *targets, int N, int V);
-// In place: logits -> (softmax - onehot) * dloss / n_valid (n_valid read from device memory)
-void cu_crossentropy_backward(float *logits, const float *lse, const int *targets, int N, int V, float dloss,
-                              const int *n_valid);
+void cu_crossentropy_forward(float *lse, float *loss_out, int *n_valid_out, float *scratch, const void *logits,
+                             const int *targets, int N, int V, int dt);
+// In place: logits -> (softmax - onehot) * dloss / n_valid (n_valid read from device memory),
+// written in type dt
+void cu_crossentropy_backward(void *logits, const float *lse, const int *targets, int N, int V, float dloss,
+                              const int *n_valid, int dt);
 
-// ---- MoE routing, dispatch, combine ---------------------------------------------------------
+// ---- MoE routing, dispatch, combine (router logits, scores, weights: fp32) ---------------------
 // scores (N, E) from logits with sigmoid (score_func 0) or softmax (1)
 void cu_moe_scores(float *scores, const float *logits, int N, int E, int score_func);
 // moe_route_token for every token: sel (N, K), wts (N, K); bias (E) or NULL; E <= 256,
@@ -92,21 +122,25 @@ int cu_moe_route(int *sel, float *wts, const float *scores, const float *bias, i
 // (float counts, ADDED to), dropped (1, ADDED to). No host synchronisation.
 void cu_moe_dispatch(int *row_of, int *perm, int *expert_off, float *load, float *dropped, const int *sel, int N,
                      int K, int E, long cap);
-// xe (rows, C) = x[perm[r] / K] for r < expert_off[E] (rows beyond are left alone)
-void cu_moe_gather(float *xe, const float *x, const int *perm, const int *expert_off, int N, int K, int C, int E);
+// xe (rows, C) = x[perm[r] / K] for r < expert_off[E] (rows beyond are left alone); x, xe of type dt
+void cu_moe_gather(void *xe, const void *x, const int *perm, const int *expert_off, int N, int K, int C, int E, int dt);
 // grouped GEMM over the experts' contiguous row blocks (sizes read on device):
 //   out[r] = inp[r] @ W_e^T for r in [off[e], off[e+1]), W_e = w + e*OC*IC (OC, IC)
-void cu_grouped_matmul_forward(float *out, const float *inp, const float *w, const int *expert_off, int E,
-                               int max_rows, int IC, int OC);
-// dinp[r] += dout[r] @ W_e; dw_e += dout_e^T @ inp_e (either may be NULL)
-void cu_grouped_matmul_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
-                                const int *expert_off, int E, int max_rows, int IC, int OC);
-// y (N, C) += sum_k wts[n,k] * ey[row_of[n,k]] (skipping dropped)
-void cu_moe_combine(float *y, const float *ey, const float *wts, const int *row_of, int N, int K, int C);
-// dey (rows, C) = w * dy[token]; dwts (N, K) = dy[token] . ey[row] (0 for dropped)
-void cu_moe_combine_backward(float *dey, float *dwts, const float *dy, const float *ey, const float *wts,
-                             const int *perm, const int *row_of, const int *expert_off, int N, int K, int C, int E);
-// dx (N, C) += sum_k dxe[row_of[n,k]]
+// inp, w of type dt; out of out_dt (CU_F32 or dt), written; rows past off[E] untouched.
+void cu_grouped_matmul_forward(void *out, int out_dt, const void *inp, const void *w, const int *expert_off, int E,
+                               int max_rows, int IC, int OC, int dt);
+// dinp[r] += dout[r] @ W_e; dw_e += dout_e^T @ inp_e; dinp, dw fp32 (either may be NULL);
+// dout, inp, w of type dt
+void cu_grouped_matmul_backward(float *dinp, float *dw, const void *dout, const void *inp, const void *w,
+                                const int *expert_off, int E, int max_rows, int IC, int OC, int dt);
+// y (N, C, fp32) += sum_k wts[n,k] * ey[row_of[n,k]] (skipping dropped); ey of type dt
+void cu_moe_combine(float *y, const void *ey, const float *wts, const int *row_of, int N, int K, int C, int dt);
+// dey (rows, C, type dt) = w * dy[token] (written); dwts (N, K, fp32) = dy[token] . ey[row] (0
+// for dropped); dy fp32; ey of type dt
+void cu_moe_combine_backward(void *dey, float *dwts, const float *dy, const void *ey, const float *wts,
+                             const int *perm, const int *row_of, const int *expert_off, int N, int K, int C, int E,
+                             int dt);
+// dx (N, C) += sum_k dxe[row_of[n,k]] (fp32)
 void cu_moe_scatter_add(float *dx, const float *dxe, const int *row_of, int N, int K, int C);
 // gate backward (no auxiliary loss): dlogits (N, E) from dwts through the renormalisation and
 // the score function (moe_backward's per-token block without the aux term)
@@ -132,36 +166,15 @@ void cu_sum_into(float *acc, const float *x, int n, float scale);
 // ---- optimizer ----------------------------------------------------------------------------------
 // out (1) = sqrt(sum g^2) over n values; scratch >= 1024 floats
 void cu_global_norm(float *out, const float *g, size_t n, float *scratch);
-// AdamW on a contiguous range (one tensor): lm_adamw of model/layer_math.h per element
+// AdamW on a contiguous range (one tensor) of fp32 master weights p: lm_adamw of
+// model/layer_math.h per element. pw != NULL: also writes the working copy pw (type pw_dt,
+// CU_BF16 with stochastic rounding from seed, CU_F16 rounded to nearest) of the new p.
 void cu_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2, float eps,
-              float wd, float grad_scale, float b1c, float b2c);
+              float wd, float grad_scale, float b1c, float b2c, void *pw, int pw_dt, unsigned seed);
 // flag[0] = 1 when any of x[0..n) is inf or NaN (flag untouched otherwise)
 void cu_nonfinite_flag(int *flag, const float *x, size_t n);
 // loss-free balancing: b_i += gamma * sign(mean(load) - load_i), for one MoE layer
 void cu_bias_update(float *bias, const float *load, int E, float gamma);
-
-// ---- bf16 (model/cuda/bf16.cu): uint16_t = raw bf16 bits; fp32 accumulation everywhere ------
-void cu_f32_to_bf16(uint16_t *out, const float *in, long n);  // round to nearest even
-void cu_bf16_to_f32(float *out, const uint16_t *in, long n);
-// stochastic rounding (unbiased), deterministic for a given seed
-void cu_f32_to_bf16_stochastic(uint16_t *out, const float *in, long n, unsigned seed);
-void cu_encoder_forward_bf16(uint16_t *out, const int *inp, const uint16_t *wte, int N, int C);
-void cu_rmsnorm_forward_bf16(uint16_t *out, float *rstd, const uint16_t *inp, const uint16_t *weight, int N, int C,
-                             float eps);
-void cu_swiglu_forward_bf16(uint16_t *out, const uint16_t *h1, const uint16_t *h3, long n);
-// writes (does not accumulate) dh1, dh3
-void cu_swiglu_backward_bf16(uint16_t *dh1, uint16_t *dh3, const uint16_t *dout, const uint16_t *h1,
-                             const uint16_t *h3, long n);
-// AdamW on fp32 master weights, then pw (bf16 working copy) = stochastic_round(master)
-void cu_adamw_bf16(uint16_t *pw, float *master, const float *g, float *m, float *v, size_t n, float lr, float beta1,
-                   float beta2, float eps, float wd, float grad_scale, float b1c, float b2c, unsigned seed);
-// row-major GEMM as cu_gemm with bf16 A, B, C and fp32 compute (cublasGemmEx)
-void cu_gemm_bf16(int transA, int transB, int M, int N, int K, float alpha, const uint16_t *A, int lda,
-                  const uint16_t *B, int ldb, float beta, uint16_t *C, int ldc);
-
-// the same with bf16 A and B and an fp32 C (tensor cores, fp32 accumulation and output)
-void cu_gemm_bf16_f32(int transA, int transB, int M, int N, int K, float alpha, const uint16_t *A, int lda,
-                      const uint16_t *B, int ldb, float beta, float *C, int ldc);
 
 #ifdef __cplusplus
 }

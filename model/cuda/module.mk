@@ -50,6 +50,14 @@ $(BUILD)/lib/libcudahx.a: $(CUDA_SRCS:%.cu=$(BUILD)/cuh/%.o)
 $(BUILD)/lib/libcudahk.a: $(HX_KERNEL_SRCS:%.cu=$(BUILD)/cuh/%.o)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
+# one archive per .cu file (libhx_NAME.a), so that a kernel test links only the files it tests
+define HX_FILE_LIB
+$(BUILD)/lib/libhx_$(1).a: $(BUILD)/cuh/model/cuda/$(1).o
+	@mkdir -p $$(dir $$@)
+	rm -f $$@ && ar rcs $$@ $$^
+endef
+$(foreach f,$(notdir $(CUDA_SRCS:.cu=)),$(eval $(call HX_FILE_LIB,$(f))))
+HX_CORE := hx_layers hx_optim hx_convert hx_runtime
 
 TEST_PROGS += test_cuda_harness
 test_cuda_harness_SRCS := tests/test_cuda_harness.c
@@ -57,10 +65,13 @@ test_cuda_harness_MODS := cudahk cudahrt common
 $(BUILD)/tests/test_cuda_harness: LDLIBS += -lstdc++
 
 # the kernels and the whole model against the CPU reference, through the harness
-CUDA_CMP_TESTS := test_cuda_kernels test_cuda_model
+CUDA_CMP_TESTS := test_cuda_layers test_cuda_attention test_cuda_moe test_cuda_model
 TEST_PROGS += $(CUDA_CMP_TESTS)
 $(foreach t,$(CUDA_CMP_TESTS),$(eval $(t)_SRCS := tests/$(t).c))
-$(foreach t,$(CUDA_CMP_TESTS),$(eval $(t)_MODS := cudahx cudahrt cudaplan model common))
+test_cuda_layers_MODS := $(HX_CORE) cudahrt cudaplan model common
+test_cuda_attention_MODS := hx_attention $(HX_CORE) cudahrt cudaplan model common
+test_cuda_moe_MODS := hx_moe $(HX_CORE) cudahrt cudaplan model common
+test_cuda_model_MODS := cudahx cudahrt cudaplan model common
 $(CUDA_CMP_TESTS:%=$(BUILD)/tests/%): LDLIBS += -lstdc++
 
 # cuda_bench through the harness (smoke test with the tiny config: tests/test_cuda_bench.sh)
@@ -98,7 +109,7 @@ $(BUILD)/nvcc-fat/%.o: %.cu $(CUDA_HDRS)
 # every .cu file as a fat object for sm_75 sm_80 sm_86 sm_89 sm_90
 cuda: $(CUDA_SRCS:%.cu=$(BUILD)/nvcc-fat/%.o)
 
-CUDA_CMP_TESTS ?= test_cuda_kernels test_cuda_model
+CUDA_CMP_TESTS ?= test_cuda_layers test_cuda_attention test_cuda_moe test_cuda_model
 $(BUILD)/gpu/%: tests/%.c $(CUDA_SRCS:%.cu=$(BUILD)/nvcc-fat/%.o) $(BUILD)/lib/libcudaplan.a $(BUILD)/lib/libmodel.a \
 		$(BUILD)/lib/libcommon.a
 	@mkdir -p $(dir $@)
