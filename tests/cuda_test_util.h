@@ -3,7 +3,7 @@
 // and host-side bf16 / fp16 conversions (round to nearest even, as cu_convert), so that a
 // test builds an input in the element type dt (CU_F32, CU_BF16, CU_F16 of cuda_ops.h) and
 // compares a result of any type with an fp32 reference.
-// Every function is static: include this header in one test program only once.
+// Every function is static inline: the header belongs to test programs (one .c file each).
 #ifndef MOE_CUDA_TEST_UTIL_H
 #define MOE_CUDA_TEST_UTIL_H
 
@@ -18,34 +18,35 @@
 
 static uint64_t rng;
 
-static float *rand_buf(size_t n, float scale) {
+static inline float *rand_buf(size_t n, float scale) {
     float *p = (float *)mallocCheck(sizeof(float) * (n ? n : 1));
     for (size_t i = 0; i < n; i++) p[i] = scale * (2.0f * rng_uniform(&rng) - 1.0f);
     return p;
 }
-static float *dup_buf(const float *src, size_t n) {
+static inline float *dup_buf(const float *src, size_t n) {
     float *p = (float *)mallocCheck(sizeof(float) * (n ? n : 1));
     memcpy(p, src, sizeof(float) * n);
     return p;
 }
 // device copy of a host array
-static void *to_dev(const void *src, size_t bytes) {
+static inline void *to_dev(const void *src, size_t bytes) {
     void *d = cu_malloc(bytes);
     cu_upload(d, src, bytes);
     return d;
 }
-static float *from_dev(const float *d, size_t n) {
+static inline float *from_dev(const float *d, size_t n) {
     float *h = (float *)mallocCheck(sizeof(float) * (n ? n : 1));
     cu_download(h, d, sizeof(float) * n);
     return h;
 }
 
 // compares n floats; one failure line with the worst element
-static void check_arr(const char *what, const float *got, const float *ref, size_t n, double atol, double rtol) {
+static inline void check_arr(const char *what, const float *got, const float *ref, size_t n, double atol, double rtol) {
     size_t worst = 0;
     double worst_excess = 0.0;
     int bad = 0;
     for (size_t i = 0; i < n; i++) {
+        if (got[i] == ref[i]) continue;  // also equal infinities
         double d = fabs((double)got[i] - (double)ref[i]), lim = atol + rtol * fabs((double)ref[i]);
         if (!(d <= lim)) {  // NaN fails too
             double ex = isnan(d) ? 1e30 : d - lim;
@@ -56,12 +57,12 @@ static void check_arr(const char *what, const float *got, const float *ref, size
     CHECK(!bad, "%s: %d of %zu differ; worst [%zu] got %.9g expected %.9g", what, bad, n, worst, got[worst],
           ref[worst]);
 }
-static void check_dev(const char *what, const float *dev, const float *ref, size_t n, double atol, double rtol) {
+static inline void check_dev(const char *what, const float *dev, const float *ref, size_t n, double atol, double rtol) {
     float *h = from_dev(dev, n);
     check_arr(what, h, ref, n, atol, rtol);
     free(h);
 }
-static void check_dev_int(const char *what, const int *dev, const int *ref, size_t n) {
+static inline void check_dev_int(const char *what, const int *dev, const int *ref, size_t n) {
     int *h = (int *)mallocCheck(sizeof(int) * (n ? n : 1));
     cu_download(h, dev, sizeof(int) * n);
     int bad = 0;
@@ -80,20 +81,20 @@ static void check_dev_int(const char *what, const int *dev, const int *ref, size
 
 // ---- bf16 / fp16 on the host ------------------------------------------------------------------
 
-static uint16_t f2bf(float x) {  // round to nearest even (finite inputs)
+static inline uint16_t f2bf(float x) {  // round to nearest even (finite inputs)
     uint32_t b;
     memcpy(&b, &x, 4);
     b += 0x7fffu + ((b >> 16) & 1u);
     return (uint16_t)(b >> 16);
 }
-static float bf2f(uint16_t h) {
+static inline float bf2f(uint16_t h) {
     uint32_t b = (uint32_t)h << 16;
     float x;
     memcpy(&x, &b, 4);
     return x;
 }
 // IEEE binary16, round to nearest even; overflow to inf, subnormals kept
-static uint16_t f2h(float x) {
+static inline uint16_t f2h(float x) {
     uint32_t b;
     memcpy(&b, &x, 4);
     uint32_t sign = (b >> 16) & 0x8000u, absb = b & 0x7fffffffu;
@@ -111,7 +112,7 @@ static uint16_t f2h(float x) {
     if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) h++;  // carries into the exponent correctly
     return (uint16_t)(sign | h);
 }
-static float h2f(uint16_t h) {
+static inline float h2f(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
     float v;
     if (e == 0) v = (float)m * 5.9604644775390625e-08f;  // 2^-24
@@ -124,15 +125,15 @@ static float h2f(uint16_t h) {
     return v;
 }
 // x rounded to element type dt and back (what a device buffer of type dt holds)
-static float round_dt(float x, int dt) {
+static inline float round_dt(float x, int dt) {
     return dt == CU_BF16 ? bf2f(f2bf(x)) : dt == CU_F16 ? h2f(f2h(x)) : x;
 }
 // relative tolerance of one rounding to dt (half an ulp), for tolerances of results stored in dt
-static double eps_dt(int dt) { return dt == CU_BF16 ? 1.0 / 256.0 : dt == CU_F16 ? 1.0 / 2048.0 : 1e-7; }
+static inline double eps_dt(int dt) { return dt == CU_BF16 ? 1.0 / 256.0 : dt == CU_F16 ? 1.0 / 2048.0 : 1e-7; }
 
 // device buffer of type dt holding x (n values) rounded to dt; when x_rounded is not NULL the
 // host values are replaced by their rounded images (so the fp32 reference sees what the device sees)
-static void *to_dev_dt(float *x, size_t n, int dt, int x_rounded) {
+static inline void *to_dev_dt(float *x, size_t n, int dt, int x_rounded) {
     size_t es = cu_dtype_size(dt);
     unsigned char *h = (unsigned char *)mallocCheck(es * (n ? n : 1));
     for (size_t i = 0; i < n; i++) {
@@ -148,7 +149,7 @@ static void *to_dev_dt(float *x, size_t n, int dt, int x_rounded) {
     return d;
 }
 // n values of type dt from the device, as fp32 (caller frees)
-static float *from_dev_dt(const void *d, size_t n, int dt) {
+static inline float *from_dev_dt(const void *d, size_t n, int dt) {
     size_t es = cu_dtype_size(dt);
     unsigned char *h = (unsigned char *)mallocCheck(es * (n ? n : 1));
     cu_download(h, d, es * n);
@@ -161,14 +162,14 @@ static float *from_dev_dt(const void *d, size_t n, int dt) {
     free(h);
     return f;
 }
-static void check_dev_dt(const char *what, const void *dev, int dt, const float *ref, size_t n, double atol,
+static inline void check_dev_dt(const char *what, const void *dev, int dt, const float *ref, size_t n, double atol,
                          double rtol) {
     float *h = from_dev_dt(dev, n, dt);
     check_arr(what, h, ref, n, atol, rtol);
     free(h);
 }
 // relative L2 error of got against ref
-static double rel_l2(const float *got, const float *ref, size_t n) {
+static inline double rel_l2(const float *got, const float *ref, size_t n) {
     double num = 0.0, den = 0.0;
     for (size_t i = 0; i < n; i++) {
         double d = (double)got[i] - ref[i];

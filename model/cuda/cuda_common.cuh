@@ -65,6 +65,23 @@ template <> __device__ inline float stf<float>(float x) { return x; }
 template <> __device__ inline bf16 stf<bf16>(float x) { return __float2bfloat16(x); }
 template <> __device__ inline f16 stf<f16>(float x) { return __float2half(x); }
 
+// stochastic rounding of x to bf16 with a uniform 16-bit value r: add r to the bits that are
+// cut, truncate (unbiased: E[result] = x for finite x away from overflow)
+static __device__ inline bf16 round_stochastic_bf16(float x, unsigned r) {
+    unsigned bits = __float_as_uint(x);
+    if ((bits & 0x7f800000u) == 0x7f800000u) return __float2bfloat16(x);  // inf / NaN unchanged
+    bits += r & 0xffffu;
+    bits &= 0xffff0000u;
+    return __float2bfloat16(__uint_as_float(bits));
+}
+// a hash of (index, seed) -> 32 bits (deterministic, no state)
+static __device__ inline unsigned hash32(unsigned long long i, unsigned seed) {
+    unsigned long long z = i * 0x9E3779B97F4A7C15ull + seed;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return (unsigned)(z ^ (z >> 31));
+}
+
 // DISPATCH_DT(dt, T, statements): the statements with the type T = float, bf16 or f16 for
 // dt = CU_F32, CU_BF16, CU_F16 (an unknown dt is an internal error that exits). A kernel
 // template of one type is launched as LAUNCH(kernel<T>, ...); one of two types through a

@@ -21,22 +21,24 @@ __global__ void encoder_backward_kernel(float *dwte, const float *dout, const in
 
 // ---- RMSNorm: one warp per row ---------------------------------------------------------------
 
-__global__ void rmsnorm_forward_kernel(float *out, float *rstd, const float *inp, int in_stride, const float *weight,
-                                       int N, int C, float eps) {
+template <typename To, typename Ti>
+__global__ void rmsnorm_forward_kernel(To *out, float *rstd, const Ti *inp, int in_stride, const float *weight, int N,
+                                       int C, float eps) {
     int lane = threadIdx.x % 32;
     int n = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (n >= N) return;  // whole warps only
-    const float *x = inp + (long)n * in_stride;
+    const Ti *x = inp + (long)n * in_stride;
     float ss = 0.0f;
-    for (int c = lane; c < C; c += 32) ss += x[c] * x[c];
+    for (int c = lane; c < C; c += 32) ss += ldf(x[c]) * ldf(x[c]);
     ss = warp_sum(ss);
     float r = 1.0f / sqrtf(ss / (float)C + eps);
     if (lane == 0) rstd[n] = r;
-    float *o = out + (long)n * C;
-    for (int c = lane; c < C; c += 32) o[c] = x[c] * r * weight[c];
+    To *o = out + (long)n * C;
+    for (int c = lane; c < C; c += 32) o[c] = stf<To>(ldf(x[c]) * r * weight[c]);
 }
 
-__global__ void residual_rmsnorm_forward_kernel(float *x_out, float *out, float *rstd, const float *a, const float *b,
+template <typename To>
+__global__ void residual_rmsnorm_forward_kernel(float *x_out, To *out, float *rstd, const float *a, const float *b,
                                                 const float *weight, int N, int C, float eps) {
     int lane = threadIdx.x % 32;
     int n = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
@@ -52,34 +54,37 @@ __global__ void residual_rmsnorm_forward_kernel(float *x_out, float *out, float 
     ss = warp_sum(ss);
     float r = 1.0f / sqrtf(ss / (float)C + eps);
     if (lane == 0) rstd[n] = r;
-    float *o = out + (long)n * C;
-    for (int c = lane; c < C; c += 32) o[c] = xr[c] * r * weight[c];  // a lane reads only what it wrote
+    To *o = out + (long)n * C;
+    for (int c = lane; c < C; c += 32) o[c] = stf<To>(xr[c] * r * weight[c]);  // a lane reads only what it wrote
 }
 
 // dx += r * dy * w - r^3 / C * x * sum(dy * w * x)
-__global__ void rmsnorm_backward_dx_kernel(float *dinp, int dinp_stride, const float *dout, const float *inp,
+template <typename Ti>
+__global__ void rmsnorm_backward_dx_kernel(float *dinp, int dinp_stride, const float *dout, const Ti *inp,
                                            int in_stride, const float *weight, const float *rstd, int N, int C) {
     int lane = threadIdx.x % 32;
     int n = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (n >= N) return;
-    const float *x = inp + (long)n * in_stride, *dy = dout + (long)n * C;
+    const Ti *x = inp + (long)n * in_stride;
+    const float *dy = dout + (long)n * C;
     float *dx = dinp + (long)n * dinp_stride;
     float r = rstd[n], dot = 0.0f;
-    for (int c = lane; c < C; c += 32) dot += dy[c] * weight[c] * x[c];
+    for (int c = lane; c < C; c += 32) dot += dy[c] * weight[c] * ldf(x[c]);
     dot = warp_sum(dot);
     float k = r * r * r * dot / (float)C;
-    for (int c = lane; c < C; c += 32) dx[c] += r * dy[c] * weight[c] - k * x[c];
+    for (int c = lane; c < C; c += 32) dx[c] += r * dy[c] * weight[c] - k * ldf(x[c]);
 }
 
 // dweight[c] += sum_n dy x r, deterministic in two passes: segment s of the tokens -> partial
 // (S, C), then the segments summed in order
-__global__ void rmsnorm_backward_dw_partial_kernel(float *partial, const float *dout, const float *inp, int in_stride,
+template <typename Ti>
+__global__ void rmsnorm_backward_dw_partial_kernel(float *partial, const float *dout, const Ti *inp, int in_stride,
                                                    const float *rstd, int N, int C, int per) {
     int c = blockIdx.x * blockDim.x + threadIdx.x, sgm = blockIdx.y;
     if (c >= C) return;
     int n0 = sgm * per, n1 = n0 + per < N ? n0 + per : N;
     float acc = 0.0f;
-    for (int n = n0; n < n1; n++) acc += dout[(long)n * C + c] * inp[(long)n * in_stride + c] * rstd[n];
+    for (int n = n0; n < n1; n++) acc += dout[(long)n * C + c] * ldf(inp[(long)n * in_stride + c]) * rstd[n];
     partial[(long)sgm * C + c] = acc;
 }
 __global__ void rmsnorm_backward_dw_final_kernel(float *dweight, const float *partial, int S, int C) {
@@ -110,7 +115,8 @@ __global__ void add_kernel(float *y, const float *a, const float *b, long n) {
 }
 
 // one thread per (token, head, pair)
-__global__ void rope_kernel(float *x, int N, int n_heads, int tok_stride, int head_stride, int d, const int *pos,
+template <typename T>
+__global__ void rope_kernel(T *x, int N, int n_heads, int tok_stride, int head_stride, int d, const int *pos,
                             float theta, float sign) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     int half = d / 2;
@@ -119,40 +125,46 @@ __global__ void rope_kernel(float *x, int N, int n_heads, int tok_stride, int he
     long nh = i / half;
     int h = (int)(nh % n_heads);
     long n = nh / n_heads;
-    float *v = x + n * tok_stride + (long)h * head_stride;
-    lm_rotate(&v[2 * p], &v[2 * p + 1], lm_rope_angle(pos[n], p, d, theta), sign);
+    T *v = x + n * tok_stride + (long)h * head_stride;
+    float a = ldf(v[2 * p]), b = ldf(v[2 * p + 1]);
+    lm_rotate(&a, &b, lm_rope_angle(pos[n], p, d, theta), sign);
+    v[2 * p] = stf<T>(a);
+    v[2 * p + 1] = stf<T>(b);
 }
 
-__global__ void swiglu_forward_kernel(float *out, const float *h1, const float *h3, long n) {
+template <typename T>
+__global__ void swiglu_forward_kernel(T *out, const T *h1, const T *h3, long n) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) out[i] = lm_silu(h1[i]) * h3[i];
+    if (i < n) out[i] = stf<T>(lm_silu(ldf(h1[i])) * ldf(h3[i]));
 }
 
-__global__ void swiglu_backward_kernel(float *dh1, float *dh3, const float *dout, const float *h1, const float *h3,
-                                       long n) {
+// the gradients are GEMM operands: written in the activation type, not accumulated
+template <typename T>
+__global__ void swiglu_backward_kernel(T *dh1, T *dh3, const float *dout, const T *h1, const T *h3, long n) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    dh1[i] += dout[i] * h3[i] * lm_dsilu(h1[i]);
-    dh3[i] += dout[i] * lm_silu(h1[i]);
+    float a = ldf(h1[i]), b = ldf(h3[i]), d = dout[i];
+    dh1[i] = stf<T>(d * b * lm_dsilu(a));
+    dh3[i] = stf<T>(d * lm_silu(a));
 }
 
 // ---- cross-entropy: one block per row ------------------------------------------------------------
 
-__global__ void crossentropy_forward_kernel(float *lse, float *row_loss, const float *logits, const int *targets,
-                                            int V) {
+template <typename T>
+__global__ void crossentropy_forward_kernel(float *lse, float *row_loss, const T *logits, const int *targets, int V) {
     SHARED_ARRAY(float, scratch, 32);
     int n = blockIdx.x;
-    const float *row = logits + (long)n * V;
+    const T *row = logits + (long)n * V;
     float mx = -FLT_MAX;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) mx = fmaxf(mx, row[i]);
+    for (int i = threadIdx.x; i < V; i += blockDim.x) mx = fmaxf(mx, ldf(row[i]));
     mx = block_max(mx, scratch);
     float sum = 0.0f;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) sum += expf(row[i] - mx);
+    for (int i = threadIdx.x; i < V; i += blockDim.x) sum += expf(ldf(row[i]) - mx);
     sum = block_sum(sum, scratch);
     if (threadIdx.x == 0) {
         float l = mx + logf(sum);
         lse[n] = l;
-        row_loss[n] = targets[n] >= 0 ? l - row[targets[n]] : 0.0f;
+        row_loss[n] = targets[n] >= 0 ? l - ldf(row[targets[n]]) : 0.0f;
     }
 }
 
@@ -174,8 +186,9 @@ __global__ void crossentropy_mean_kernel(float *loss_out, int *n_valid_out, cons
     }
 }
 
-__global__ void crossentropy_backward_kernel(float *logits, const float *lse, const int *targets, int N, int V,
-                                             float dloss, const int *n_valid) {
+template <typename T>
+__global__ void crossentropy_backward_kernel(T *logits, const float *lse, const int *targets, int N, int V, float dloss,
+                                             const int *n_valid) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long)N * V) return;
     int n = (int)(i / V), c = (int)(i % V);
@@ -183,15 +196,22 @@ __global__ void crossentropy_backward_kernel(float *logits, const float *lse, co
     float scale = nv ? dloss / (float)nv : 0.0f;
     int t = targets[n];
     if (t < 0) {
-        logits[i] = 0.0f;
+        logits[i] = stf<T>(0.0f);
         return;
     }
-    float g = expf(logits[i] - lse[n]) * scale;
+    float g = expf(ldf(logits[i]) - lse[n]) * scale;
     if (c == t) g -= scale;
-    logits[i] = g;
+    logits[i] = stf<T>(g);
 }
 
 // ---- C interface ------------------------------------------------------------------------------------
+
+template <typename To>
+static void rmsnorm_forward_to(To *out, float *rstd, const void *inp, int in_stride, int in_dt, const float *weight,
+                               int N, int C, float eps) {
+    DISPATCH_DT(in_dt, Ti, auto *kfn = rmsnorm_forward_kernel<To, Ti>;
+                LAUNCH(kfn, ceil_div(N, 4), 128, 0, 0, out, rstd, (const Ti *)inp, in_stride, weight, N, C, eps));
+}
 
 extern "C" {
 
@@ -202,53 +222,71 @@ void cu_encoder_backward(float *dwte, const float *dout, const int *inp, int N, 
     LAUNCH(encoder_backward_kernel, ceil_div(C, 128), 128, 0, 0, dwte, dout, inp, N, C);
 }
 
-void cu_rmsnorm_forward(float *out, float *rstd, const float *inp, int in_stride, const float *weight, int N, int C,
-                        float eps) {
-    LAUNCH(rmsnorm_forward_kernel, ceil_div(N, 4), 128, 0, 0, out, rstd, inp, in_stride, weight, N, C, eps);
+void cu_rmsnorm_forward(void *out, int out_dt, float *rstd, const void *inp, int in_stride, int in_dt,
+                        const float *weight, int N, int C, float eps) {
+    if (N <= 0) return;
+    DISPATCH_DT(out_dt, To, rmsnorm_forward_to<To>((To *)out, rstd, inp, in_stride, in_dt, weight, N, C, eps));
 }
-void cu_residual_rmsnorm_forward(float *x_out, float *out, float *rstd, const float *a, const float *b,
+void cu_residual_rmsnorm_forward(float *x_out, void *out, int out_dt, float *rstd, const float *a, const float *b,
                                  const float *weight, int N, int C, float eps) {
-    LAUNCH(residual_rmsnorm_forward_kernel, ceil_div(N, 4), 128, 0, 0, x_out, out, rstd, a, b, weight, N, C, eps);
+    if (N <= 0) return;
+    DISPATCH_DT(out_dt, To,
+                LAUNCH(residual_rmsnorm_forward_kernel<To>, ceil_div(N, 4), 128, 0, 0, x_out, (To *)out, rstd, a, b,
+                       weight, N, C, eps));
 }
-void cu_rmsnorm_backward(float *dinp, int dinp_stride, float *dweight, const float *dout, const float *inp,
-                         int in_stride, const float *weight, const float *rstd, int N, int C) {
-    LAUNCH(rmsnorm_backward_dx_kernel, ceil_div(N, 4), 128, 0, 0, dinp, dinp_stride, dout, inp, in_stride, weight,
-           rstd, N, C);
+void cu_rmsnorm_backward(float *dinp, int dinp_stride, float *dweight, const float *dout, const void *inp,
+                         int in_stride, int in_dt, const float *weight, const float *rstd, int N, int C) {
+    if (N <= 0) return;
     int S = N / 128 < 1 ? 1 : (N / 128 > 64 ? 64 : N / 128);  // token segments: parallelism for long batches
     int per = (N + S - 1) / S;
     S = (N + per - 1) / per;
     float *partial = get_dw_scratch((size_t)S * C);
     dim3 grid(ceil_div(C, 128), S);
-    LAUNCH(rmsnorm_backward_dw_partial_kernel, grid, 128, 0, 0, partial, dout, inp, in_stride, rstd, N, C, per);
+    DISPATCH_DT(in_dt, Ti,
+                LAUNCH(rmsnorm_backward_dx_kernel<Ti>, ceil_div(N, 4), 128, 0, 0, dinp, dinp_stride, dout,
+                       (const Ti *)inp, in_stride, weight, rstd, N, C);
+                LAUNCH(rmsnorm_backward_dw_partial_kernel<Ti>, grid, 128, 0, 0, partial, dout, (const Ti *)inp,
+                       in_stride, rstd, N, C, per));
     LAUNCH(rmsnorm_backward_dw_final_kernel, ceil_div(C, 128), 128, 0, 0, dweight, partial, S, C);
 }
 
 void cu_add(float *y, const float *a, const float *b, long n) {
     if (n > 0) LAUNCH(add_kernel, ceil_div(n, 256), 256, 0, 0, y, a, b, n);
 }
-void cu_rope_apply(float *x, int N, int n_heads, int tok_stride, int head_stride, int d, const int *pos,
+void cu_rope_apply(void *x, int dt, int N, int n_heads, int tok_stride, int head_stride, int d, const int *pos,
                    float theta, int inverse) {
     long total = (long)N * n_heads * (d / 2);
     if (total > 0)
-        LAUNCH(rope_kernel, ceil_div(total, 256), 256, 0, 0, x, N, n_heads, tok_stride, head_stride, d, pos, theta,
-               inverse ? -1.0f : 1.0f);
+        DISPATCH_DT(dt, T,
+                    LAUNCH(rope_kernel<T>, ceil_div(total, 256), 256, 0, 0, (T *)x, N, n_heads, tok_stride,
+                           head_stride, d, pos, theta, inverse ? -1.0f : 1.0f));
 }
-void cu_swiglu_forward(float *out, const float *h1, const float *h3, long n) {
-    if (n > 0) LAUNCH(swiglu_forward_kernel, ceil_div(n, 256), 256, 0, 0, out, h1, h3, n);
+void cu_swiglu_forward(void *out, const void *h1, const void *h3, long n, int dt) {
+    if (n > 0)
+        DISPATCH_DT(dt, T,
+                    LAUNCH(swiglu_forward_kernel<T>, ceil_div(n, 256), 256, 0, 0, (T *)out, (const T *)h1,
+                           (const T *)h3, n));
 }
-void cu_swiglu_backward(float *dh1, float *dh3, const float *dout, const float *h1, const float *h3, long n) {
-    if (n > 0) LAUNCH(swiglu_backward_kernel, ceil_div(n, 256), 256, 0, 0, dh1, dh3, dout, h1, h3, n);
+void cu_swiglu_backward(void *dh1, void *dh3, const float *dout, const void *h1, const void *h3, long n, int dt) {
+    if (n > 0)
+        DISPATCH_DT(dt, T,
+                    LAUNCH(swiglu_backward_kernel<T>, ceil_div(n, 256), 256, 0, 0, (T *)dh1, (T *)dh3, dout,
+                           (const T *)h1, (const T *)h3, n));
 }
 
-void cu_crossentropy_forward(float *lse, float *loss_out, int *n_valid_out, float *scratch, const float *logits,
-                             const int *targets, int N, int V) {
-    LAUNCH(crossentropy_forward_kernel, N, 256, 0, 0, lse, scratch, logits, targets, V);
+void cu_crossentropy_forward(float *lse, float *loss_out, int *n_valid_out, float *scratch, const void *logits,
+                             const int *targets, int N, int V, int dt) {
+    if (N > 0)
+        DISPATCH_DT(dt, T,
+                    LAUNCH(crossentropy_forward_kernel<T>, N, 256, 0, 0, lse, scratch, (const T *)logits, targets, V));
     LAUNCH(crossentropy_mean_kernel, 1, 256, 0, 0, loss_out, n_valid_out, scratch, targets, N);
 }
-void cu_crossentropy_backward(float *logits, const float *lse, const int *targets, int N, int V, float dloss,
-                              const int *n_valid) {
-    LAUNCH(crossentropy_backward_kernel, ceil_div((long)N * V, 256), 256, 0, 0, logits, lse, targets, N, V, dloss,
-           n_valid);
+void cu_crossentropy_backward(void *logits, const float *lse, const int *targets, int N, int V, float dloss,
+                              const int *n_valid, int dt) {
+    if (N <= 0) return;
+    DISPATCH_DT(dt, T,
+                LAUNCH(crossentropy_backward_kernel<T>, ceil_div((long)N * V, 256), 256, 0, 0, (T *)logits, lse,
+                       targets, N, V, dloss, n_valid));
 }
 
 }  // extern "C"

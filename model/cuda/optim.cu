@@ -25,14 +25,33 @@ __global__ void sumsq_final_kernel(float *out, const float *partial, int np) {
     if (threadIdx.x == 0) out[0] = sqrtf(s);
 }
 
+// the working copy of a new master weight: bf16 with stochastic rounding, fp16 rounded to nearest
+static __device__ inline void store_working(bf16 *pw, size_t i, float p, unsigned seed) {
+    pw[i] = round_stochastic_bf16(p, hash32((unsigned long long)i, seed));
+}
+static __device__ inline void store_working(f16 *pw, size_t i, float p, unsigned seed) {
+    (void)seed;
+    pw[i] = __float2half(p);
+}
+
+static __device__ inline void store_working(float *pw, size_t i, float p, unsigned seed) {
+    (void)seed;
+    pw[i] = p;
+}
+
+// W = the working-copy type, or float for none (pw is then NULL and unused)
+template <typename W>
 __global__ void adamw_kernel(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1,
-                             float beta2, float eps, float wd, float grad_scale, float b1c, float b2c) {
+                             float beta2, float eps, float wd, float grad_scale, float b1c, float b2c, W *pw,
+                             unsigned seed) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     float mm = m[i], vv = v[i];
-    p[i] = lm_adamw(p[i], g[i] * grad_scale, &mm, &vv, lr, beta1, beta2, eps, wd, b1c, b2c);
+    float np = lm_adamw(p[i], g[i] * grad_scale, &mm, &vv, lr, beta1, beta2, eps, wd, b1c, b2c);
+    p[i] = np;
     m[i] = mm;
     v[i] = vv;
+    if (pw) store_working(pw, i, np, seed);
 }
 
 // one thread per expert; the mean in double as the CPU reference
@@ -72,10 +91,12 @@ void cu_global_norm(float *out, const float *g, size_t n, float *scratch) {
 }
 
 void cu_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2, float eps,
-              float wd, float grad_scale, float b1c, float b2c) {
+              float wd, float grad_scale, float b1c, float b2c, void *pw, int pw_dt, unsigned seed) {
     if (n == 0) return;
-    LAUNCH(adamw_kernel, ceil_div((long)n, 256), 256, 0, 0, p, g, m, v, n, lr, beta1, beta2, eps, wd, grad_scale, b1c,
-           b2c);
+    if (!pw) pw_dt = CU_F32;
+    DISPATCH_DT(pw_dt, W,
+                LAUNCH(adamw_kernel<W>, ceil_div((long)n, 256), 256, 0, 0, p, g, m, v, n, lr, beta1, beta2, eps, wd,
+                       grad_scale, b1c, b2c, (W *)pw, seed));
 }
 
 void cu_bias_update(float *bias, const float *load, int E, float gamma) {
