@@ -48,6 +48,11 @@ static inline MOE_HD float lm_adamw(float p, float g, float *m, float *v, float 
     return p - lr * (mhat / (sqrtf(vhat) + eps) + wd * p);
 }
 
+// global-norm clipping: the factor on the gradients whose norm is `norm` (clip <= 0: none)
+static inline MOE_HD float lm_clip_scale(float norm, float clip) {
+    return (clip > 0.0f && norm > clip) ? clip / norm : 1.0f;
+}
+
 // ---- routing (one definition for the CPU reference and the CUDA kernels) ---------------
 
 // scores (E) of one token from its gate logits: sigmoid, or softmax over all experts

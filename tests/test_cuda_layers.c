@@ -319,7 +319,7 @@ static void test_optim(void) {
     int t = 7;
     float b1c = 1.0f - powf(b1, (float)t), b2c = 1.0f - powf(b2, (float)t);
     for (size_t i = 0; i < n; i++) p[i] = lm_adamw(p[i], g[i] * gs, &m[i], &v[i], lr, b1, b2, eps, wd, b1c, b2c);
-    cu_adamw(d_p, d_g, d_m, d_v, n, lr, b1, b2, eps, wd, gs, b1c, b2c, NULL, CU_F32, 0u);
+    cu_adamw(d_p, d_g, d_m, d_v, n, lr, b1, b2, eps, wd, gs, b1c, b2c, NULL, CU_F32, 0u, NULL, 0.0f);
     check_dev("params", d_p, p, n, 1e-7, 1e-6);
     check_dev("m", d_m, m, n, 1e-9, 1e-6);
     check_dev("v", d_v, v, n, 1e-12, 1e-6);
@@ -345,9 +345,47 @@ static void test_optim(void) {
     mod.stats[0].load = load;
     mod.bias = bias;
     model_update_bias(&mod);
-    cu_bias_update(d_bias, d_load, E, mod.cfg.bias_update_speed);
+    cu_bias_update(d_bias, d_load, E, mod.cfg.bias_update_speed, NULL);
     check_dev("bias", d_bias, bias, E, 0, 0);
     cu_free(d_bias), cu_free(d_load);
+    test_end();
+}
+
+// AdamW and the bias update driven by the gradient norm on the device: clipping of the unscaled
+// norm (the loss scale divided out), and a non-finite norm skips both without a host round trip
+static void test_adamw_device_norm(void) {
+    test_begin("cuda_adamw_clip_and_skip_from_device_norm");
+    size_t n = 777;
+    float *p = rand_buf(n, 1.0f), *g = rand_buf(n, 100.0f), *m = rand_buf(n, 0.01f), *v = rand_buf(n, 0.01f);
+    for (size_t i = 0; i < n; i++) v[i] = fabsf(v[i]);
+    float *p0 = dup_buf(p, n), *m0 = dup_buf(m, n), *v0 = dup_buf(v, n);
+    float *d_p = (float *)to_dev(p, 4 * n), *d_g = (float *)to_dev(g, 4 * n), *d_m = (float *)to_dev(m, 4 * n);
+    float *d_v = (float *)to_dev(v, 4 * n), *d_norm = (float *)cu_malloc(sizeof(float));
+    float *d_scr = (float *)cu_malloc(sizeof(float) * 1024);
+    float gs = 1.0f / 64.0f, clip = 1.0f, b1c = 0.1f, b2c = 0.05f;  // gradients stored x64 (a loss scale)
+    cu_global_norm(d_norm, d_g, n, d_scr);
+    float norm;
+    cu_download(&norm, d_norm, sizeof(float));
+    float f = gs * lm_clip_scale(norm * gs, clip);
+    CHECK(lm_clip_scale(norm * gs, clip) < 0.5f, "the test must clip (unscaled norm %g)", norm * gs);
+    for (size_t i = 0; i < n; i++) p[i] = lm_adamw(p[i], g[i] * f, &m[i], &v[i], 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, b1c, b2c);
+    cu_adamw(d_p, d_g, d_m, d_v, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, gs, b1c, b2c, NULL, CU_F32, 0u, d_norm, clip);
+    check_dev("clipped params", d_p, p, n, 1e-7, 1e-6);
+    check_dev("clipped m", d_m, m, n, 1e-9, 1e-5);
+    float bad = NAN;
+    cu_upload(d_norm, &bad, sizeof(float));
+    cu_upload(d_p, p0, 4 * n), cu_upload(d_m, m0, 4 * n), cu_upload(d_v, v0, 4 * n);
+    cu_adamw(d_p, d_g, d_m, d_v, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, gs, b1c, b2c, NULL, CU_F32, 0u, d_norm, clip);
+    check_dev("skipped params", d_p, p0, n, 0, 0);
+    check_dev("skipped m", d_m, m0, n, 0, 0);
+    check_dev("skipped v", d_v, v0, n, 0, 0);
+    float bias[5] = {0.1f, 0.2f, 0.3f, 0.4f, 0.5f}, load[5] = {1, 9, 3, 3, 0};
+    float *d_bias = (float *)to_dev(bias, sizeof bias), *d_load = (float *)to_dev(load, sizeof load);
+    cu_bias_update(d_bias, d_load, 5, 0.01f, d_norm);
+    check_dev("bias after a skipped step", d_bias, bias, 5, 0, 0);
+    cu_free(d_p), cu_free(d_g), cu_free(d_m), cu_free(d_v), cu_free(d_norm), cu_free(d_scr), cu_free(d_bias),
+        cu_free(d_load);
+    free(p), free(g), free(m), free(v), free(p0), free(m0), free(v0);
     test_end();
 }
 
@@ -440,7 +478,7 @@ static void test_adamw_working_copy(int dt) {
     uint16_t *d_pw = (uint16_t *)cu_malloc(2 * np), *pw = (uint16_t *)mallocCheck(2 * np);
     float b1c = 1.0f - powf(0.9f, 3.0f), b2c = 1.0f - powf(0.95f, 3.0f);
     for (size_t i = 0; i < np; i++) p[i] = lm_adamw(p[i], g[i], &mm[i], &vv[i], 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, b1c, b2c);
-    cu_adamw(d_p, d_g, d_m, d_v, np, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, b1c, b2c, d_pw, dt, 99u);
+    cu_adamw(d_p, d_g, d_m, d_v, np, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, b1c, b2c, d_pw, dt, 99u, NULL, 0.0f);
     check_dev("master", d_p, p, np, 1e-7, 1e-6);
     check_dev("m", d_m, mm, np, 1e-9, 1e-6);
     cu_download(pw, d_pw, 2 * np);
@@ -500,6 +538,7 @@ int main(void) {
     }
     test_rmsnorm_long();
     test_optim();
+    test_adamw_device_norm();
     test_convert();
     return test_summary();
 }

@@ -1034,7 +1034,7 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
         }
         bad_steps = 0;
         float lr = lm_lr_schedule((int)step, o->warmup_steps, o->max_steps, o->lr, o->min_lr);
-        float clip = (o->grad_clip > 0 && norm > o->grad_clip) ? o->grad_clip / norm : 1.0f;
+        float clip = lm_clip_scale(norm, o->grad_clip);
         eng_adamw(&eng, lr, o, clip, (int)step + 1);
         eng_end_step(&eng);
         step++;

@@ -167,14 +167,19 @@ void cu_sum_into(float *acc, const float *x, int n, float scale);
 // out (1) = sqrt(sum g^2) over n values; scratch >= 1024 floats
 void cu_global_norm(float *out, const float *g, size_t n, float *scratch);
 // AdamW on a contiguous range (one tensor) of fp32 master weights p: lm_adamw of
-// model/layer_math.h per element. pw != NULL: also writes the working copy pw (type pw_dt,
-// CU_BF16 with stochastic rounding from seed, CU_F16 rounded to nearest) of the new p.
+// model/layer_math.h per element on g * grad_scale. pw != NULL: also writes the working copy
+// pw (type pw_dt, CU_BF16 with stochastic rounding from seed, CU_F16 rounded to nearest) of
+// the new p. norm != NULL (device, 1 float): the global norm of g as stored; when it is not
+// finite nothing changes (the step is skipped without a host round trip), else the gradients
+// are also clipped: grad_scale *= lm_clip_scale(norm * grad_scale, grad_clip).
 void cu_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2, float eps,
-              float wd, float grad_scale, float b1c, float b2c, void *pw, int pw_dt, unsigned seed);
+              float wd, float grad_scale, float b1c, float b2c, void *pw, int pw_dt, unsigned seed, const float *norm,
+              float grad_clip);
 // flag[0] = 1 when any of x[0..n) is inf or NaN (flag untouched otherwise)
 void cu_nonfinite_flag(int *flag, const float *x, size_t n);
-// loss-free balancing: b_i += gamma * sign(mean(load) - load_i), for one MoE layer
-void cu_bias_update(float *bias, const float *load, int E, float gamma);
+// loss-free balancing: b_i += gamma * sign(mean(load) - load_i), for one MoE layer; skipped
+// when guard (device, may be NULL) holds a non-finite value (the gradient norm of a skipped step)
+void cu_bias_update(float *bias, const float *load, int E, float gamma, const float *guard);
 
 #ifdef __cplusplus
 }

@@ -39,13 +39,20 @@ static __device__ inline void store_working(float *pw, size_t i, float p, unsign
     pw[i] = p;
 }
 
-// W = the working-copy type, or float for none (pw is then NULL and unused)
+// W = the working-copy type, or float for none (pw is then NULL and unused). norm (device,
+// may be NULL): the global norm of g as stored; not finite -> no change (a skipped step),
+// else the gradients are also clipped to grad_clip after unscaling.
 template <typename W>
 __global__ void adamw_kernel(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1,
                              float beta2, float eps, float wd, float grad_scale, float b1c, float b2c, W *pw,
-                             unsigned seed) {
+                             unsigned seed, const float *norm, float grad_clip) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
+    if (norm) {
+        float nrm = norm[0];
+        if (!isfinite(nrm)) return;
+        grad_scale *= lm_clip_scale(nrm * grad_scale, grad_clip);
+    }
     float mm = m[i], vv = v[i];
     float np = lm_adamw(p[i], g[i] * grad_scale, &mm, &vv, lr, beta1, beta2, eps, wd, b1c, b2c);
     p[i] = np;
@@ -55,9 +62,9 @@ __global__ void adamw_kernel(float *p, const float *g, float *m, float *v, size_
 }
 
 // one thread per expert; the mean in double as the CPU reference
-__global__ void bias_update_kernel(float *bias, const float *load, int E, float gamma) {
+__global__ void bias_update_kernel(float *bias, const float *load, int E, float gamma, const float *guard) {
     int e = blockIdx.x * blockDim.x + threadIdx.x;
-    if (e >= E) return;
+    if (e >= E || (guard && !isfinite(guard[0]))) return;
     double mean = 0.0;
     for (int i = 0; i < E; i++) mean += (double)load[i];
     mean /= E;
@@ -91,16 +98,17 @@ void cu_global_norm(float *out, const float *g, size_t n, float *scratch) {
 }
 
 void cu_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2, float eps,
-              float wd, float grad_scale, float b1c, float b2c, void *pw, int pw_dt, unsigned seed) {
+              float wd, float grad_scale, float b1c, float b2c, void *pw, int pw_dt, unsigned seed, const float *norm,
+              float grad_clip) {
     if (n == 0) return;
     if (!pw) pw_dt = CU_F32;
     DISPATCH_DT(pw_dt, W,
                 LAUNCH(adamw_kernel<W>, ceil_div((long)n, 256), 256, 0, 0, p, g, m, v, n, lr, beta1, beta2, eps, wd,
-                       grad_scale, b1c, b2c, (W *)pw, seed));
+                       grad_scale, b1c, b2c, (W *)pw, seed, norm, grad_clip));
 }
 
-void cu_bias_update(float *bias, const float *load, int E, float gamma) {
-    LAUNCH(bias_update_kernel, ceil_div(E, 64), 64, 0, 0, bias, load, E, gamma);
+void cu_bias_update(float *bias, const float *load, int E, float gamma, const float *guard) {
+    LAUNCH(bias_update_kernel, ceil_div(E, 64), 64, 0, 0, bias, load, E, gamma, guard);
 }
 
 }  // extern "C"
