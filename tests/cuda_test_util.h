@@ -16,7 +16,7 @@
 #include "../model/cuda/cuda_ops.h"
 #include "test.h"
 
-static uint64_t rng;
+static uint64_t rng __attribute__((unused));
 
 static inline float *rand_buf(size_t n, float scale) {
     float *p = (float *)mallocCheck(sizeof(float) * (n ? n : 1));

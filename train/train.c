@@ -71,7 +71,9 @@ static int build_flags(Flag *f, TrainOpts *o) {
     FL("keep-optimizer", 0, FLAG_BOOL, &o->keep_optimizer, "with --init-from: keep AdamW moments (else reset)", 0);
     FL("overwrite", 0, FLAG_BOOL, &o->overwrite, "start afresh even if runs/NAME exists (deletes its logs)", 0);
     FL("device", 0, FLAG_STR, o->device, "auto | cpu | cuda", 0);
-    FL("precision", 0, FLAG_STR, o->precision, "auto (CPU: fp32; GPU: bf16 where supported) | fp32 | bf16", 0);
+    FL("precision", 0, FLAG_STR, o->precision,
+       "auto (CPU: fp32; GPU: bf16 on compute capability 8.0+, else fp16 with loss scaling) | fp32 | bf16 | fp16", 0);
+    FL("recompute", 0, FLAG_BOOL, &o->recompute, "GPU: recompute norms and SwiGLU in backward (less memory, same result)", 0);
     FL("runs-dir", 0, FLAG_STR, o->runs_dir, "folder of run logs", 0);
     FL("ckpt-dir", 0, FLAG_STR, o->ckpt_dir, "folder of checkpoints", 0);
     // optimisation

@@ -35,20 +35,24 @@
 typedef struct {
     Model *m;
     int tokens_per_step;
+    int N;  // tokens per micro-batch
 #ifdef MOE_WITH_CUDA
     CudaModel *cm;  // NULL: CPU
     char gpu_name[256];
-    int precision;  // PREC_FP32 / PREC_BF16
+    int precision;   // PREC_FP32 / PREC_BF16 / PREC_FP16 (= CU_F32 / CU_BF16 / CU_F16)
+    LossScaler ls;   // fp16: dynamic loss scaling; otherwise the scale stays 1
+    int *sel_host;   // (n_moe, N, K) experts chosen in the last forward (validation statistics)
 #endif
 } Engine;
 
-static int eng_gpu(const Engine *e) {
+// the loss scale of backward (1 unless fp16)
+static float eng_loss_scale(const Engine *e) {
 #ifdef MOE_WITH_CUDA
-    return e->cm != NULL;
+    if (e->cm) return e->ls.scale;
 #else
     (void)e;
-    return 0;
 #endif
+    return 1.0f;
 }
 
 static void eng_begin_step(Engine *e, float grad_scale) {
@@ -56,7 +60,7 @@ static void eng_begin_step(Engine *e, float grad_scale) {
     if (e->cm) {
         cuda_model_zero_grad(e->cm);
         cuda_model_routing_reset(e->cm);
-        cuda_model_set_grad_scale(e->cm, grad_scale);
+        cuda_model_set_grad_scale(e->cm, grad_scale * e->ls.scale);
         return;
     }
 #endif
@@ -85,6 +89,18 @@ static float eng_forward(Engine *e, const int *inputs, const int *targets, int B
     return model_forward(e->m, inputs, targets, B, T, collect);
 }
 
+// the experts chosen (N, K) in MoE block number i by the last forward
+static const int *eng_selected(Engine *e, int i) {
+#ifdef MOE_WITH_CUDA
+    if (e->cm) {
+        size_t nk = (size_t)e->N * e->m->cfg.top_k;
+        cuda_model_download_routing(e->cm, i, e->sel_host + (size_t)i * nk);
+        return e->sel_host + (size_t)i * nk;
+    }
+#endif
+    return e->m->acts[e->m->moe_block[i]].sel;
+}
+
 static void eng_backward(Engine *e) {
 #ifdef MOE_WITH_CUDA
     if (e->cm) {
@@ -95,28 +111,18 @@ static void eng_backward(Engine *e) {
     model_backward(e->m);
 }
 
-static float eng_grad_norm(Engine *e) {
-#ifdef MOE_WITH_CUDA
-    if (e->cm) return cuda_model_grad_norm(e->cm);
-#endif
-    return model_grad_norm(e->m);
-}
-
-static void eng_adamw(Engine *e, float lr, const TrainOpts *o, float scale, int t) {
+// The optimizer step after the micro-batches: the gradient norm, clipping, AdamW, the bias
+// update, and the step's routing statistics in e->m->stats (and the biases in e->m->bias).
+// Returns the (unscaled) gradient norm; when it is not finite nothing was updated. On the GPU
+// all of it runs on the device, then one download brings the norm, the statistics and the
+// biases (cuda_model_step); the fp16 loss scale is updated from the result.
+static float eng_update(Engine *e, float lr, const TrainOpts *o, int t) {
 #ifdef MOE_WITH_CUDA
     if (e->cm) {
-        cuda_model_adamw(e->cm, lr, o->beta1, o->beta2, 1e-8f, o->weight_decay, scale, t);
-        return;
-    }
-#endif
-    model_adamw(e->m, lr, o->beta1, o->beta2, 1e-8f, o->weight_decay, scale, t);
-}
-
-// bias update, then (GPU) the step's routing statistics and biases to the host for the logs
-static void eng_end_step(Engine *e) {
-#ifdef MOE_WITH_CUDA
-    if (e->cm) {
-        cuda_model_update_bias(e->cm);
+        float norm = cuda_model_step(e->cm, lr, o->beta1, o->beta2, 1e-8f, o->weight_decay, o->grad_clip,
+                                     1.0f / e->ls.scale, t);
+        if (e->precision == PREC_FP16) loss_scaler_update(&e->ls, !isfinite(norm));
+        if (!isfinite(norm)) return norm;
         Model *m = e->m;
         int E = m->cfg.n_routed_experts;
         float load[1024], dropped = 0, ent = 0, top1 = 0;
@@ -129,11 +135,15 @@ static void eng_end_step(Engine *e) {
             s->top1_sum = top1;
             s->tokens = e->tokens_per_step;
         }
-        cuda_model_download_bias(e->cm, m->bias);
-        return;
+        cuda_model_last_bias(e->cm, m->bias);
+        return norm;
     }
 #endif
+    float norm = model_grad_norm(e->m);
+    if (!isfinite(norm)) return norm;
+    model_adamw(e->m, lr, o->beta1, o->beta2, 1e-8f, o->weight_decay, lm_clip_scale(norm, o->grad_clip), t);
     model_update_bias(e->m);
+    return norm;
 }
 
 // parameters, AdamW state and biases of the GPU into the host model (checkpoints, samples)
@@ -149,11 +159,41 @@ static void eng_to_host(Engine *e) {
 #endif
 }
 
+// A resumed run: the GPU's working copy of the weights as AdamW step `step` wrote it (bf16
+// stochastic rounding), and the fp16 loss scale of the checkpoint, so that the run continues
+// exactly. ckpt_precision: what the checkpoint was trained in.
+static void eng_resume(Engine *e, int64_t step, int ckpt_precision, float loss_scale, int good_steps) {
+#ifdef MOE_WITH_CUDA
+    if (e->cm) {
+        cuda_model_refresh_working(e->cm, (int)step);
+        if (e->precision == PREC_FP16 && ckpt_precision == PREC_FP16 && loss_scale > 0.0f) {
+            e->ls.scale = loss_scale;
+            e->ls.good_steps = good_steps;
+        }
+    }
+#else
+    (void)e, (void)step, (void)ckpt_precision, (void)loss_scale, (void)good_steps;
+#endif
+}
+
 #ifdef MOE_WITH_CUDA
 static void eng_to_device(Engine *e) {
     cuda_model_upload_params(e->cm, e->m->params);
     cuda_model_upload_adam(e->cm, e->m->m, e->m->v);
     cuda_model_upload_bias(e->cm, e->m->bias);
+}
+
+// the precision of a GPU run: --precision, or auto = bf16 where the GPU has bf16 tensor cores
+// (compute capability 8.0+), else fp16 with loss scaling (7.0+), else fp32
+static int gpu_precision(const TrainOpts *o, const char *gpu, MoeErr *err) {
+    int cc = cu_compute_capability();
+    if (!strcmp(o->precision, "auto"))
+        return cu_supports_dtype(PREC_BF16) ? PREC_BF16 : cu_supports_dtype(PREC_FP16) ? PREC_FP16 : PREC_FP32;
+    int p = !strcmp(o->precision, "bf16") ? PREC_BF16 : !strcmp(o->precision, "fp16") ? PREC_FP16 : PREC_FP32;
+    if (!cu_supports_dtype(p))
+        return moe_err_set(err, "--precision %s: %s (compute capability %d.%d) has no %s tensor cores; use %s", o->precision,
+                           gpu, cc / 10, cc % 10, o->precision, cu_supports_dtype(PREC_FP16) ? "fp16 or fp32" : "fp32");
+    return p;
 }
 #endif
 
@@ -162,8 +202,11 @@ static void eng_to_device(Engine *e) {
 static int eng_open(Engine *e, Model *m, const TrainOpts *o, int B, int T, MoeErr *err) {
     memset(e, 0, sizeof(*e));
     e->m = m;
+    e->N = B * T;
     e->tokens_per_step = B * T * o->grad_accum;
 #ifdef MOE_WITH_CUDA
+    loss_scaler_init(&e->ls, 1.0f, 2000);
+    e->ls.scale = 1.0f;
     if (strcmp(o->device, "cpu") != 0) {
         size_t free_b = 0, total_b = 0;
         int n = cu_device_info(e->gpu_name, sizeof e->gpu_name, &free_b, &total_b);
@@ -171,21 +214,20 @@ static int eng_open(Engine *e, Model *m, const TrainOpts *o, int B, int T, MoeEr
             if (!strcmp(o->device, "cuda")) return moe_err_set(err, "--device cuda: no GPU visible to the CUDA runtime");
             printf("device: no GPU visible to the CUDA runtime: training on the CPU\n");
         } else {
-            int prec = PREC_FP32;
-            if (!strcmp(o->precision, "bf16") || !strcmp(o->precision, "auto")) prec = cu_supports_bf16() ? PREC_BF16 : PREC_FP32;
-            if (!strcmp(o->precision, "bf16") && prec != PREC_BF16)
-                return moe_err_set(err, "--precision bf16: %s has no bf16 tensor cores (use fp32)", e->gpu_name);
-            if (!strcmp(o->precision, "fp16"))
-                return moe_err_set(err, "--precision fp16: the CUDA trainer does not train in fp16 yet (use bf16 or fp32)");
+            int prec = gpu_precision(o, e->gpu_name, err);
+            if (prec < 0) return -1;
             CudaPlan plan;
-            if (cuda_plan(&m->cfg, B, T, prec, 0, &plan, err) != 0) return -1;
-            printf("device: GPU %s (%.1f of %.1f GB free), CUDA backend %s, precision %s\n", e->gpu_name, free_b / 1e9,
-                   total_b / 1e9, cu_backend(), prec == PREC_BF16 ? "bf16" : "fp32");
+            if (cuda_plan(&m->cfg, B, T, prec, o->recompute, &plan, err) != 0) return -1;
+            int cc = cu_compute_capability();
+            printf("device: GPU %s (compute capability %d.%d, %.1f of %.1f GB free), CUDA backend %s, precision %s%s%s\n",
+                   e->gpu_name, cc / 10, cc % 10, free_b / 1e9, total_b / 1e9, cu_backend(), cu_dtype_name(prec),
+                   prec == PREC_FP16 ? " with dynamic loss scaling" : "", o->recompute ? ", recomputing norms and SwiGLU" : "");
             cuda_plan_print(&plan, stdout);
-            if (cuda_plan_check(&plan, free_b, B, 0, err) != 0) return -1;
-            if (cuda_model_create(&e->cm, &m->cfg, B, T, err) != 0) return -1;
-            if (prec == PREC_BF16 && cuda_model_set_bf16(e->cm, 1) != 0) prec = PREC_FP32;
+            if (cuda_plan_check(&plan, free_b, B, o->recompute, err) != 0) return -1;
+            if (cuda_model_create(&e->cm, &m->cfg, B, T, prec, o->recompute, err) != 0) return -1;
             e->precision = prec;
+            if (prec == PREC_FP16) loss_scaler_init(&e->ls, 65536.0f, 2000);
+            e->sel_host = (int *)mallocCheck(sizeof(int) * (size_t)(m->n_moe > 0 ? m->n_moe : 1) * e->N * m->cfg.top_k);
             eng_to_device(e);
             return 0;
         }
@@ -197,6 +239,7 @@ static int eng_open(Engine *e, Model *m, const TrainOpts *o, int B, int T, MoeEr
 #endif
     if (strcmp(o->precision, "fp32") != 0 && strcmp(o->precision, "auto") != 0)
         return moe_err_set(err, "--precision %s needs the CUDA backend; the CPU reference trains in fp32", o->precision);
+    if (o->recompute) printf("note: --recompute applies to the CUDA backend; the CPU keeps every activation\n");
     printf("device: CPU (fp32 reference, %d OpenMP threads)\n", omp_get_max_threads());
     return 0;
 }
@@ -218,10 +261,21 @@ static const char *eng_backend(const Engine *e) {
     return "cpu";
 }
 
+// what a checkpoint records of the engine: precision and loss scaler
+static void eng_fill_state(const Engine *e, CkptTrainState *st) {
+    st->precision = eng_precision(e);
+    st->loss_scale = eng_loss_scale(e);
+#ifdef MOE_WITH_CUDA
+    st->good_steps = e->cm && e->precision == PREC_FP16 ? e->ls.good_steps : 0;
+#endif
+}
+
 static void eng_close(Engine *e) {
 #ifdef MOE_WITH_CUDA
     if (e->cm) cuda_model_free(e->cm);
     e->cm = NULL;
+    free(e->sel_host);
+    e->sel_host = NULL;
 #else
     (void)e;
 #endif
@@ -242,7 +296,7 @@ static int shape_field_differs(const char *flag, const ModelConfig *a, const Mod
     return 0;
 }
 
-static const char *resume_allowed[] = {"resume", "name", "max-steps", "precision", "val-every", "val-batches", "sample-every",
+static const char *resume_allowed[] = {"resume", "name", "max-steps", "precision", "recompute", "val-every", "val-batches", "sample-every",
                                        "sample-len", "sample-temperature", "sample-top-k", "ckpt-every", "keep-ckpts",
                                        "report-every", "log-every", "max-bad-steps", "stop-after", "tokenizer", "runs-dir",
                                        "ckpt-dir", "device", "train-data", "val-data", NULL};
@@ -603,19 +657,18 @@ static float evaluate(Engine *eng, DataLoader *val, int max_batches, int B, int 
         loss_sum += (double)m->ce_loss * m->n_valid;
         valid += m->n_valid;
         if (!es) continue;
+        const int *sel[64];
+        for (int i = 0; i < es->nm; i++) sel[i] = eng_selected(eng, i);
         for (int i = 0; i < es->nm; i++) {
-            const BlockActs *ba = &m->acts[m->moe_block[i]];
             for (int n = 0; n < N; n++) {
                 int d = domains[n / T];
                 if (d < 0 || d >= es->D) d = 0;
                 for (int k = 0; k < K; k++) {
-                    int e = ba->sel[n * K + k];
+                    int e = sel[i][n * K + k];
                     es->dom_counts[((size_t)i * es->D + d) * E + e] += 1;
-                    for (int k2 = 0; k2 < K; k2++) es->within[((size_t)i * E + e) * E + ba->sel[n * K + k2]] += 1;
-                    if (i + 1 < es->nm) {
-                        const BlockActs *nx = &m->acts[m->moe_block[i + 1]];
-                        for (int k2 = 0; k2 < K; k2++) es->across[((size_t)i * E + e) * E + nx->sel[n * K + k2]] += 1;
-                    }
+                    for (int k2 = 0; k2 < K; k2++) es->within[((size_t)i * E + e) * E + sel[i][n * K + k2]] += 1;
+                    if (i + 1 < es->nm)
+                        for (int k2 = 0; k2 < K; k2++) es->across[((size_t)i * E + e) * E + sel[i + 1][n * K + k2]] += 1;
                 }
             }
         }
@@ -879,6 +932,8 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
     uint64_t rng = rng_seed(o->seed ^ 0x5A17ULL);
     float best_val = INFINITY;
     int bad_steps = 0;
+    int resumed = 0, ckpt_prec = 0, ckpt_good = 0;  // what a resumed GPU run restores after eng_open
+    float ckpt_scale = 1.0f;
     char ckpt_dir[2048], run_dir[2048], path[2200];
     snprintf(ckpt_dir, sizeof ckpt_dir, "%s/%s", o->ckpt_dir, o->name);
     snprintf(run_dir, sizeof run_dir, "%s/%s", o->runs_dir, o->name);
@@ -896,6 +951,7 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
         rng = st.rng_state;
         best_val = st.best_val_loss;
         bad_steps = st.bad_steps;
+        resumed = 1, ckpt_prec = st.precision, ckpt_scale = st.loss_scale, ckpt_good = st.good_steps;
         printf("resumed from %s at step %lld\n", o->resume, (long long)step);
         static const char *logs[] = {"train.jsonl", "routing.jsonl", "events.jsonl", "domains.jsonl", "coact.jsonl"};
         for (int i = 0; i < 5; i++) {
@@ -949,6 +1005,7 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
         dataloader_free(val);
         return 1;
     }
+    if (resumed) eng_resume(&eng, step, ckpt_prec, ckpt_scale, ckpt_good);
     if (make_dirs(run_dir, &err) != 0 || make_dirs(ckpt_dir, &err) != 0) {
         fprintf(stderr, "error: %s\n", err.msg);
         return 1;
@@ -1017,7 +1074,19 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
             aux += m.aux_loss / o->grad_accum;
             mtp += m.mtp_loss / o->grad_accum;
         }
-        float norm = finite ? eng_grad_norm(&eng) : NAN;
+        float lr = lm_lr_schedule((int)step, o->warmup_steps, o->max_steps, o->lr, o->min_lr);
+        float scale_used = eng_loss_scale(&eng);
+        float norm = finite ? eng_update(&eng, lr, o, (int)step + 1) : NAN;
+        if (finite && !isfinite(norm) && scale_used > 1.0f) {
+            // fp16: the loss scale was too large for this step's gradients (an overflow, not a
+            // divergence): skipped, the scale halved (LossScaler), not counted as a bad step
+            printf("step %lld: fp16 gradient overflow at loss scale %g: step skipped, scale now %g\n", (long long)step + 1,
+                   scale_used, eng_loss_scale(&eng));
+            fprintf(ftrain, "{\"step\": %lld, \"skipped\": true, \"reason\": \"fp16 overflow\", \"loss_scale\": %g}\n",
+                    (long long)step + 1, eng_loss_scale(&eng));
+            fflush(ftrain);
+            continue;
+        }
         if (!finite || !isfinite(norm)) {
             bad_steps++;
             fprintf(stderr, "warning: step %lld: %s is not finite; the step is skipped (parameters unchanged) [%d in a row]\n",
@@ -1033,10 +1102,6 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
             continue;
         }
         bad_steps = 0;
-        float lr = lm_lr_schedule((int)step, o->warmup_steps, o->max_steps, o->lr, o->min_lr);
-        float clip = lm_clip_scale(norm, o->grad_clip);
-        eng_adamw(&eng, lr, o, clip, (int)step + 1);
-        eng_end_step(&eng);
         step++;
         tokens_seen += (int64_t)N * o->grad_accum;
         double dt = wall_seconds() - t0;
@@ -1057,7 +1122,9 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
         fprintf(ftrain, ", \"tokens_per_s\": %.1f, \"ms\": %.1f, \"tokens\": %lld, \"mem_mb\": ", tps, dt * 1e3,
                 (long long)tokens_seen);
         jnum(ftrain, rss_mb());
-        fprintf(ftrain, ", \"gflops\": %.2f}\n", tps * flops_per_token / 1e9);
+        fprintf(ftrain, ", \"gflops\": %.2f", tps * flops_per_token / 1e9);
+        if (eng_precision(&eng) == 2) fprintf(ftrain, ", \"loss_scale\": %g", scale_used);
+        fprintf(ftrain, "}\n");
         fflush(ftrain);
         double mean_vio = 0.0, min_ent = INFINITY;
         if (m.n_moe > 0) {
@@ -1107,13 +1174,13 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
                 es.tokens = 0;
             }
             float vl = evaluate(&eng, val, o->val_batches, B, T, inputs, targets, domains,
-                                es.dom_counts && !eng_gpu(&eng) ? &es : NULL);
+                                es.dom_counts ? &es : NULL);
             printf("step %5lld | val loss %.4f\n", (long long)step, vl);
             fprintf(ftrain, "{\"step\": %lld, \"val_loss\": ", (long long)step);
             jnum(ftrain, vl);
             fprintf(ftrain, "}\n");
             fflush(ftrain);
-            if (es.dom_counts && !eng_gpu(&eng)) write_eval_logs(run_dir, &m, &es, val, step);
+            if (es.dom_counts) write_eval_logs(run_dir, &m, &es, val, step);
             if (vl < best_val) {
                 best_val = vl;
                 is_best = 1;
@@ -1126,7 +1193,7 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
         if ((o->ckpt_every > 0 && step % o->ckpt_every == 0) || last || is_best) {
             CkptTrainState st;
             fill_state(&st, o, step, tokens_seen, rng, best_val, bad_steps, train);
-            st.precision = eng_precision(&eng);
+            eng_fill_state(&eng, &st);
             eng_to_host(&eng);
             if (save_checkpoint(o, ckpt_dir, &m, &st, is_best) != 0) {
                 rc = 1;
@@ -1143,7 +1210,7 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
     if (rc == 0 && saved_step != step) {  // a signal arrived after this step's checkpoint decision
         CkptTrainState st;
         fill_state(&st, o, step, tokens_seen, rng, best_val, bad_steps, train);
-        st.precision = eng_precision(&eng);
+        eng_fill_state(&eng, &st);
         eng_to_host(&eng);
         if (save_checkpoint(o, ckpt_dir, &m, &st, 0) != 0) rc = 1;
     }

@@ -16,7 +16,7 @@ typedef struct {
     char runs_dir[FLAG_STR_LEN], ckpt_dir[FLAG_STR_LEN];
     char device[FLAG_STR_LEN], precision[FLAG_STR_LEN];
     char score_func_s[FLAG_STR_LEN], balance_s[FLAG_STR_LEN];
-    int keep_optimizer, overwrite;
+    int keep_optimizer, overwrite, recompute;
     int batch_size, seq_len, grad_accum, max_steps, warmup_steps;
     float lr, min_lr, weight_decay, grad_clip, beta1, beta2;
     uint64_t seed;

@@ -21,7 +21,8 @@ static void usage(FILE *fp) {
             "  -B N           micro-batch (sequences)                                              default: the config's\n"
             "  -T N           sequence length                                                      default: the config's\n"
             "  -steps N       training steps to time                                               default 10\n"
-            "  -prec P        fp32 | bf16 (bf16 GEMMs, fp32 activations and master weights)        default fp32\n"
+            "  -prec P        fp32 | bf16 | fp16 (activations and GEMM operands; fp32 master)    default bf16 (fp16 before sm_80)\n"
+            "  -recompute N   1: recompute norms and SwiGLU in backward                          default 0\n"
             "  -seed N        weights and tokens                                                   default 1\n"
             "  -h             this help\n");
 }
@@ -39,7 +40,7 @@ static int parse_int(const char *flag, const char *s, int lo, int hi) {
 int main(int argc, char **argv) {
     omp_set_num_threads(1);  // the host only launches (under the harness: keeps the fibers on one core)
     const char *config = "gpu";
-    int B = 0, T = 0, steps = 10, seed = 1, bf16 = 0;
+    int B = 0, T = 0, steps = 10, seed = 1, prec = -1, recompute = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -56,12 +57,13 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-T")) T = parse_int(a, v, 1, 1 << 20);
         else if (!strcmp(a, "-steps")) steps = parse_int(a, v, 1, 1000000);
         else if (!strcmp(a, "-seed")) seed = parse_int(a, v, 0, 1 << 30);
+        else if (!strcmp(a, "-recompute")) recompute = parse_int(a, v, 0, 1);
         else if (!strcmp(a, "-prec")) {
-            if (strcmp(v, "fp32") && strcmp(v, "bf16")) {
-                fprintf(stderr, "error: -prec must be fp32 or bf16, got '%s'\n", v);
+            prec = !strcmp(v, "fp32") ? PREC_FP32 : !strcmp(v, "bf16") ? PREC_BF16 : !strcmp(v, "fp16") ? PREC_FP16 : -1;
+            if (prec < 0) {
+                fprintf(stderr, "error: -prec must be fp32, bf16 or fp16, got '%s'\n", v);
                 return EXIT_FAILURE;
             }
-            bf16 = !strcmp(v, "bf16");
         }
         else {
             fprintf(stderr, "error: unknown flag '%s' (see -h)\n", a);
@@ -87,10 +89,18 @@ int main(int argc, char **argv) {
         fprintf(stderr, "error: no CUDA device visible (backend %s)\n", cu_backend());
         return EXIT_FAILURE;
     }
-    printf("device: %s (%s), %.0f MiB free of %.0f MiB\n", dev, cu_backend(), free_b / 1048576.0, total_b / 1048576.0);
+    if (prec < 0) prec = cu_supports_dtype(PREC_BF16) ? PREC_BF16 : cu_supports_dtype(PREC_FP16) ? PREC_FP16 : PREC_FP32;
+    if (!cu_supports_dtype(prec)) {
+        fprintf(stderr, "error: %s (compute capability %d) has no %s tensor cores; use -prec fp32\n", dev,
+                cu_compute_capability(), cu_dtype_name(prec));
+        return EXIT_FAILURE;
+    }
+    printf("device: %s (%s, compute capability %d), %.0f MiB free of %.0f MiB, precision %s%s\n", dev, cu_backend(),
+           cu_compute_capability(), free_b / 1048576.0, total_b / 1048576.0, cu_dtype_name(prec),
+           recompute ? ", recompute" : "");
     MoeErr err = {{0}};
     CudaPlan plan;
-    if (cuda_plan(&c, B, T, PREC_FP32, 0, &plan, &err) != 0) {
+    if (cuda_plan(&c, B, T, prec, recompute, &plan, &err) != 0) {
         fprintf(stderr, "error: %s\n", err.msg);
         return EXIT_FAILURE;
     }
@@ -100,7 +110,7 @@ int main(int argc, char **argv) {
         return EXIT_FAILURE;
     }
     CudaModel *m = NULL;
-    if (cuda_model_create(&m, &c, B, T, &err) != 0) {
+    if (cuda_model_create(&m, &c, B, T, prec, recompute, &err) != 0) {
         fprintf(stderr, "error: %s\n", err.msg);
         return EXIT_FAILURE;
     }
@@ -119,10 +129,7 @@ int main(int argc, char **argv) {
             params[ti[t].offset + j] = ti[t].ndim == 1 ? 1.0f : 0.02f * (is_out ? resid : 1.0f) * rng_normal(&rng);
     }
     cuda_model_upload_params(m, params);
-    if (bf16 && cuda_model_set_bf16(m, 1) != 0) {
-        fprintf(stderr, "error: %s has no bf16 tensor cores (compute capability 8.0 or later); use -prec fp32\n", dev);
-        return EXIT_FAILURE;
-    }
+    float loss_scale = prec == PREC_FP16 ? 1024.0f : 1.0f;
     int N = B * T;
     int *tok = (int *)mallocCheck(sizeof(int) * (size_t)(N + 1));
     double flops_tok = model_flops_per_token(&c, T), total_time = 0.0;
@@ -134,17 +141,16 @@ int main(int argc, char **argv) {
         double t0 = wall_seconds();
         cuda_model_routing_reset(m);
         cuda_model_zero_grad(m);
+        cuda_model_set_grad_scale(m, loss_scale);
         float loss = cuda_model_forward(m, tok, tok + 1, B, T);
         cuda_model_backward(m);
-        float norm = cuda_model_grad_norm(m);
-        cuda_model_adamw(m, 3e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, s);
-        cuda_model_update_bias(m);
+        float norm = cuda_model_step(m, 3e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, 1.0f / loss_scale, s);
         cu_sync();
         double dt = wall_seconds() - t0;
         if (s > 1) total_time += dt;  // the first step warms up
-        double tps = N / dt, mfu = gpu_mfu(tps * flops_tok, dev, bf16 ? PREC_BF16 : PREC_FP32);
+        double tps = N / dt, mfu = gpu_mfu(tps * flops_tok, dev, prec);
         printf("step %d: loss %.4f, grad norm %.3f, %.1f ms, %.0f tokens/s", s, loss, norm, dt * 1e3, tps);
-        if (mfu >= 0) printf(", MFU %.1f%% of the %s peak", 100.0 * mfu, bf16 ? "bf16" : "fp32");
+        if (mfu >= 0) printf(", MFU %.1f%% of the %s peak", 100.0 * mfu, prec == PREC_FP32 ? "fp32" : "16-bit tensor");
         printf("\n");
         fflush(stdout);
     }

@@ -1,12 +1,23 @@
 // The whole model on the GPU (model/cuda/model.cu): the same parameter layout as the CPU
-// reference (model_layout / model_point of model/model.h), fp32 parameters, gradients and
-// AdamW state on the device, forward / backward / AdamW / loss-free bias update built from
-// the kernels of cuda_ops.h. Per step the only device-to-host copies are the loss (forward)
-// and what the caller asks for (grad norm, routing loads).
+// reference (model_layout / model_point of model/model.h), forward / backward / AdamW /
+// loss-free bias update built from the kernels of cuda_ops.h.
+//
+// Precision (fixed at creation): CU_F32, CU_BF16 or CU_F16 (the PREC_* values of plan.h) is
+// the type of the activations and of the working copy of the weights that the GEMMs read
+// (refreshed from the fp32 master by AdamW: bf16 with stochastic rounding, fp16 rounded to
+// nearest). Always fp32: master weights, AdamW moments, parameter gradients, the residual
+// stream, the gradients that GEMMs accumulate into, norms' weights and statistics, the router
+// (its logits, scores and weights, and its GEMM on an fp32 image of its input), softmax and
+// cross-entropy arithmetic. fp16 needs a loss scale (cuda_model_set_grad_scale; LossScaler of
+// plan.h). recompute = 1: RMSNorm outputs (ln1, q_norm, kv_norm, ln2) and SwiGLU outputs are
+// not kept for backward but recomputed there (less memory, identical results).
+//
+// Per training step the device-to-host copies are the loss (cuda_model_forward) and one block
+// of statistics (cuda_model_step: gradient norm, routing statistics, biases); nothing is
+// synchronised per layer or per expert.
 // Supported: MLA (with or without q_lora), dense and MoE layers, shared experts, group-limited
 // routing, sigmoid/softmax gates, capacity, every balance mode (bias, sequence-wise and batch
-// auxiliary losses), MTP depth 1, routing statistics. Not yet: bf16/fp16 whole-model training
-// (the bf16 kernels exist in cuda_ops.h), MTP depth > 1 (refused with a message).
+// auxiliary losses), MTP depth 1, routing statistics. MTP depth > 1 is refused with a message.
 #ifndef MOE_CUDA_MODEL_H
 #define MOE_CUDA_MODEL_H
 
@@ -18,13 +29,24 @@ extern "C" {
 #endif
 
 #include "../config.h"
+#include "plan.h"
 
 typedef struct CudaModel CudaModel;
 
-int cuda_model_create(CudaModel **out, const ModelConfig *cfg, int B_max, int T_max, MoeErr *err);
+// buffers for micro-batches up to B_max x T_max; precision CU_F32 / CU_BF16 / CU_F16. -1 with
+// err for a config, batch or precision the backend does not support (bf16 needs compute
+// capability 8.0, fp16 7.0).
+int cuda_model_create(CudaModel **out, const ModelConfig *cfg, int B_max, int T_max, int precision, int recompute,
+                      MoeErr *err);
 void cuda_model_free(CudaModel *m);
 size_t cuda_model_num_params(const CudaModel *m);
+int cuda_model_precision(const CudaModel *m);
+// the device bytes the model allocated, in the categories of the planner (plan.h): the test
+// that cuda_plan() predicts them; workspace and overhead are 0 (not the model's allocations)
+void cuda_model_allocated(const CudaModel *m, CudaPlan *p);
+
 // host <-> device copies of whole buffers (num_params floats, CPU layout)
+// uploading the master weights also rounds the working copy to nearest (a fresh start)
 void cuda_model_upload_params(CudaModel *m, const float *params);
 void cuda_model_download_params(const CudaModel *m, float *params);
 void cuda_model_download_grads(const CudaModel *m, float *grads);
@@ -34,37 +56,52 @@ void cuda_model_upload_adam(CudaModel *m, const float *mm, const float *vv);  //
 // balancing bias (n_blocks, E), as Model.bias
 void cuda_model_upload_bias(CudaModel *m, const float *bias);
 void cuda_model_download_bias(const CudaModel *m, float *bias);
+// the working copy (num_params raw bf16/fp16 values; nothing is written in fp32)
+void cuda_model_download_working(const CudaModel *m, uint16_t *w);
+// the working copy as AdamW step t wrote it from the current master weights (the same
+// stochastic rounding); t = 0 rounds to nearest. After uploading the master weights of a
+// checkpoint saved after step t, this makes a resumed run continue bit for bit.
+void cuda_model_refresh_working(CudaModel *m, int t);
 
-// bf16 GEMMs (mixed precision): the dense matmuls of every block (not the output head, the
-// router or the experts' grouped GEMM) take bf16 copies of their inputs and a bf16 working copy of the weights
-// (refreshed from the fp32 master by AdamW with stochastic rounding), accumulating and writing
-// fp32. Activations, gradients, master weights and AdamW state stay fp32.
-// Returns -1 (nothing changed) when the device has no bf16 tensor cores (before sm_80).
-int cuda_model_set_bf16(CudaModel *m, int on);
-void cuda_model_download_params16(const CudaModel *m, uint16_t *p16);
-
-// inputs, targets: host arrays (B, T); targets may be NULL. Returns the loss (0 without targets).
+// inputs, targets: host arrays (B, T); targets may be NULL. Returns the loss (0 without
+// targets): one device-to-host copy.
 float cuda_model_forward(CudaModel *m, const int *inputs, const int *targets, int B, int T);
-// logits (B, T, V) of the last forward (before backward, which overwrites them with gradients)
+// logits (B, T, V) of the last forward as fp32 (before backward, which overwrites them)
 void cuda_model_download_logits(const CudaModel *m, float *logits);
+// the experts chosen (B*T, K) in MoE block number i (0 .. n_moe-1) by the last forward
+void cuda_model_download_routing(const CudaModel *m, int i, int *sel);
 void cuda_model_backward(CudaModel *m);
 void cuda_model_zero_grad(CudaModel *m);
 // loss scale of the following backward passes (Model.grad_scale of the CPU model): gradients
-// come out multiplied by it; pass 1/scale as grad_scale to cuda_model_adamw
+// come out multiplied by it; pass 1/scale as grad_scale to the optimizer
 void cuda_model_set_grad_scale(CudaModel *m, float scale);
-// 1 when any gradient is inf or NaN (one device-to-host copy of an int)
-int cuda_model_grads_nonfinite(CudaModel *m);
+
+// The optimizer step without host round trips: the global gradient norm on the device, AdamW
+// of every tensor with the clipping of the CPU trainer (lm_clip_scale of the unscaled norm
+// against grad_clip; grad_clip <= 0: none) on g * grad_scale, the loss-free bias update; a
+// non-finite norm skips all of it on the device. Then ONE download of the statistics block:
+// returns the unscaled gradient norm (not finite: the step was skipped) and refreshes the host
+// copies read by cuda_model_routing_stats and cuda_model_last_bias.
+float cuda_model_step(CudaModel *m, float lr, float beta1, float beta2, float eps, float weight_decay, float grad_clip,
+                      float grad_scale, int t);
+// the same statistics download without a step (routing statistics after a forward, in tests)
+void cuda_model_fetch_stats(CudaModel *m);
+// routing statistics of MoE block number i (0 .. n_moe-1) accumulated since the last reset, as
+// of the last cuda_model_step / cuda_model_fetch_stats: loads (E), dropped assignments, sums
+// over tokens of the router entropy and of the top-1 weight (any pointer may be NULL); returns n_moe
+int cuda_model_routing_stats(const CudaModel *m, int i, float *load, float *dropped, float *entropy_sum,
+                             float *top1_sum);
+// the biases (n_blocks, E) as of the last cuda_model_step / cuda_model_fetch_stats
+void cuda_model_last_bias(const CudaModel *m, float *bias);
+void cuda_model_routing_reset(CudaModel *m);
+
+// the pieces of the step, one at a time (tests, benchmarks): each synchronises where it returns a value
+int cuda_model_grads_nonfinite(CudaModel *m);  // 1 when any gradient is inf or NaN
 float cuda_model_grad_norm(CudaModel *m);
 void cuda_model_adamw(CudaModel *m, float lr, float beta1, float beta2, float eps, float weight_decay,
                       float grad_scale, int t);
 // b_i += gamma * sign(mean_load - load_i) from the loads accumulated since the last reset
 void cuda_model_update_bias(CudaModel *m);
-void cuda_model_routing_reset(CudaModel *m);
-// routing statistics of MoE block number i (0 .. n_moe-1) accumulated since the last reset:
-// loads (E), dropped assignments, sums over tokens of the router entropy and of the top-1
-// weight (any pointer may be NULL); returns n_moe
-int cuda_model_routing_stats(const CudaModel *m, int i, float *load, float *dropped, float *entropy_sum,
-                             float *top1_sum);
 // the parts of the last forward's loss: main cross-entropy, balancing losses, MTP cross-entropy
 void cuda_model_losses(const CudaModel *m, float *ce, float *aux, float *mtp);
 

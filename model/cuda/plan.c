@@ -32,39 +32,12 @@ static int block_is_moe(const ModelConfig *c, int l) {
     return c->n_layers > c->n_dense_layers;
 }
 
-// values kept for backward by one block per token (activation precision), and fp32/int words
-static void block_acts(const ModelConfig *c, int is_moe, int recompute, double *vals, double *words) {
-    double C = c->dim, H = c->n_heads, dqk = cfg_qk_head_dim(c), dv = c->v_head_dim;
-    double qr = c->q_lora_rank, kvr = c->kv_lora_rank, rope = c->qk_rope_dim, nope = c->qk_nope_dim;
-    double v = 0.0, w = 0.0;
-    v += C;                               // x_in
-    if (!recompute) v += C;               // ln1
-    w += 1;                               // ln1_rstd
-    if (qr > 0) v += qr + (recompute ? 0 : qr), w += 1;  // qa, qan, qa_rstd
-    v += H * dqk;                         // q
-    v += kvr + rope;                      // kva
-    if (!recompute) v += kvr;             // ckvn
-    w += 1;                               // ckv_rstd
-    v += H * (nope + dv);                 // kv
-    v += 2 * H * dqk + H * dv;            // qf kf vf
-    w += H;                               // lse (flash attention keeps no T x T matrix)
-    v += H * dv;                          // atto
-    v += C;                               // x_mid
-    if (!recompute) v += C;               // ln2
-    w += 1;                               // ln2_rstd
-    v += C;                               // ffn_y
-    if (!is_moe) {
-        v += (recompute ? 2 : 3) * (double)c->inter_dim;  // h1 h3 (g)
-    } else {
-        double E = c->n_routed_experts, K = c->top_k, I = c->moe_inter_dim, S = c->n_shared_experts;
-        w += 2 * E + 4 * K;               // logits scores sel wts row_of perm
-        v += 2 * K * C;                   // xe ey
-        v += (recompute ? 2 : 3) * K * I; // eh1 eh3 (eg)
-        v += (recompute ? 2 : 3) * S * I; // sh1 sh3 (sg)
-    }
-    *vals = v;
-    *words = w;
-}
+// The allocations of model/cuda/model.cu (cuda_model_create), buffer by buffer: per token
+// counts of activation-type values (A), fp32 values (F) and ints (I), and fixed counts. Keep
+// the two in step: test_cuda_model compares them category by category.
+typedef struct {
+    double acts, logits, scratch;  // bytes
+} PlanBytes;
 
 int cuda_plan(const ModelConfig *c, int B, int T, int precision, int recompute, CudaPlan *p, MoeErr *err) {
     memset(p, 0, sizeof(*p));
@@ -72,45 +45,78 @@ int cuda_plan(const ModelConfig *c, int B, int T, int precision, int recompute, 
     if (B <= 0 || T <= 0 || T > c->max_seq_len)
         return moe_err_set(err, "plan: batch %d x %d is invalid (sequence length must be 1..%d)", B, T, c->max_seq_len);
     if (precision < PREC_FP32 || precision > PREC_FP16) return moe_err_set(err, "plan: unknown precision %d", precision);
-    size_t ab = precision == PREC_FP32 ? 4 : 2;  // bytes of an activation / working weight
+    int rc = recompute != 0;
+    double A = precision == PREC_FP32 ? 4.0 : 2.0, F = 4.0, Iw = 4.0;  // bytes of an activation, a float, an int
     double N = (double)B * T;
     size_t np = model_layout(c, NULL, NULL);
     p->num_params = np;
-    p->params = precision == PREC_FP32 ? 0 : np * ab;
+    p->params = precision == PREC_FP32 ? 0 : np * 2;  // the working copy
     p->master = np * 4;
     p->optimizer = np * 8;
-    p->grads = np * ab;
-    double vals = 0.0, words = 0.0;
-    int nb = c->n_layers + c->mtp_depth;
+    p->grads = np * 4;                                 // fp32 gradients in every precision
+    double C = c->dim, H = c->n_heads, dqk = cfg_qk_head_dim(c), dv = c->v_head_dim, V = c->vocab_size;
+    double qr = c->q_lora_rank, kvr = c->kv_lora_rank, rope = c->qk_rope_dim, nope = c->qk_nope_dim;
+    double E = c->n_routed_experts, K = c->top_k, Im = c->moe_inter_dim, S = c->n_shared_experts, Id = c->inter_dim;
+    int nb = c->n_layers + c->mtp_depth, n_moe = 0;
+    for (int l = 0; l < nb; l++) n_moe += block_is_moe(c, l);
+    int has_dense = c->n_dense_layers > 0 && c->n_layers > 0;
+    double acts = 0.0, scratch = 0.0;
     for (int l = 0; l < nb; l++) {
-        double v, w;
-        block_acts(c, block_is_moe(c, l), recompute, &v, &w);
-        vals += v, words += w;
-    }
-    double C = c->dim, V = c->vocab_size;
-    vals += 2 * C;      // x_final, lnf
-    words += 4;         // lnf_rstd, targets, inputs, pos
-    if (c->mtp_depth > 0) vals += 7 * C, words += 6;
-    p->acts = (size_t)(N * (vals * (double)ab + words * 4.0));
-    p->logits = (size_t)(N * (V * (double)ab + 4.0) * (c->mtp_depth > 0 ? 2 : 1));
-    // backward buffers: gradients of a block's activations (attention, dense and MoE parts) + 2
-    // residual gradients
-    double blk = 0.0;
-    {
-        double H = c->n_heads, dqk = cfg_qk_head_dim(c), dv = c->v_head_dim, kvr = c->kv_lora_rank;
-        double attn = C + H * dv + 3 * H * dqk + H + H * (c->qk_nope_dim + dv) + kvr + (kvr + c->qk_rope_dim) +
-                      2 * c->q_lora_rank;
-        double dense = C + 3.0 * c->inter_dim;
-        double moe = 0.0;
-        if (c->n_layers > c->n_dense_layers) {
-            double E = c->n_routed_experts, K = c->top_k, I = c->moe_inter_dim, S = c->n_shared_experts;
-            moe = C + 2 * E + K + 2 * K * C + 3 * K * I + 3 * S * I;
+        double a = 0.0, f = 0.0, in = 0.0, fixed = 0.0;
+        f += 2 * C + 3 + (qr > 0) + H;  // x_in x_mid, rstds, lse
+        a += 2 * H * dqk + kvr + rope + 2 * H * dv;  // q kf, kva, vf atto
+        a += qr;                                                                          // qa
+        if (!rc) a += C + qr + kvr + C;                                                   // ln1 qan ckvn ln2
+        if (!block_is_moe(c, l)) {
+            a += (rc ? 2 : 3) * Id;  // h1 h3 (g)
+        } else {
+            f += E + K;       // scores wts
+            in += 3 * K;      // sel row_of perm
+            fixed += (E + 1) * Iw + (B + 1) * E * F;  // expert_off aux_f
+            a += 2 * K * C + (rc ? 2 : 3) * K * Im;   // xe ey eh1 eh3 (eg)
+            if (S > 0) a += (rc ? 2 : 3) * S * Im;    // sh1 sh3 (sg)
         }
-        blk = attn + dense + moe;  // the CUDA model keeps separate buffers for each kind of block
-        if (c->mtp_depth > 0) blk += 6 * C;
+        acts += N * (a * A + f * F + in * Iw) + fixed;
     }
-    p->scratch = (size_t)(N * (blk + 2 * C) * 4.0);  // fp32 gradients of activations
-    p->workspace = (size_t)32 << 20;                  // cuBLAS(Lt) workspace and small buffers
+    acts += N * (C * F + C * A + F + 3 * Iw);  // x_final lnf lnf_rstd inputs targets pos
+    if (c->mtp_depth > 0) acts += N * (2 * C * F + 5 * C * A + 3 * F + 2 * Iw);  // emb x_out en hn cat(2) ln, rstds, ids
+    double logits = N * (V * A + F) * (c->mtp_depth > 0 ? 2 : 1);
+    // scratch: buffers shared by all blocks
+    double nm = n_moe > 0 ? n_moe : 1, E1 = E > 0 ? E : 1;
+    scratch += (1 + nm * E1 + 3 * nm + nb * E1) * F;  // the statistics block
+    double a = 0.0, f = 0.0, in = 0.0;
+    if (rc) {
+        a += 2 * C + kvr + qr;
+        if (has_dense) a += Id;
+        if (n_moe > 0) a += K * Im + S * Im;
+    }
+    a += H * (nope + dv);                                 // kv
+    f += C;                                               // ffn_y
+    f += 3 * C + H * dv + 2 * H * dqk + H * dv + (kvr + rope) + kvr + 2 * qr + H;  // dx dln1 dln2 datto dqf dkf dvf dkva dckvn dqan dqa att_scr
+    a += H * (nope + dv);                                 // dkv
+    if (precision != PREC_FP32) {                         // dconv
+        double w = C;
+        if (H * dqk > w) w = H * dqk;
+        if (kvr + rope > w) w = kvr + rope;
+        if (qr > w) w = qr;
+        a += w;
+    }
+    if (has_dense) f += Id, a += 2 * Id;  // dg dh1 dh3
+    if (n_moe > 0) {
+        f += E + (precision != PREC_FP32 ? C : 0);  // router logits, fp32 router input
+        if (S > 0) f += S * Im, a += 2 * S * Im;     // dsg dsh1 dsh3
+        a += K * C + 2 * K * Im;                     // dey deh1 deh3
+        f += K * Im + K * C + K + E + 2;             // deg dxe dwts dlogits stats_scr
+        scratch += (B + 1) * F;                      // seg_scr
+    }
+    f += 1;                                          // ce_scr
+    scratch += (4 + 1024) * F + 3 * Iw;              // loss, norm scratch, n_valid, flag
+    if (c->mtp_depth > 0) f += 6 * C;                // dmx dcat den dhn demb
+    scratch += N * (a * A + f * F + in * Iw);
+    p->acts = (size_t)acts;
+    p->logits = (size_t)logits;
+    p->scratch = (size_t)scratch;
+    p->workspace = (size_t)32 << 20;                  // cuBLAS(Lt) workspace, RMSNorm partial sums
     p->overhead = (size_t)400 << 20;                  // CUDA context, allocator slack (estimate)
     p->total = p->params + p->master + p->optimizer + p->grads + p->acts + p->logits + p->scratch + p->workspace +
                p->overhead;

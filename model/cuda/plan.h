@@ -9,6 +9,10 @@
 
 #include "../config.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum { PREC_FP32 = 0, PREC_BF16 = 1, PREC_FP16 = 2 } Precision;
 
 typedef struct {
@@ -16,10 +20,10 @@ typedef struct {
     size_t params;      // working copy of the weights (bf16/fp16; 0 in fp32, the master is used)
     size_t master;      // fp32 master weights
     size_t optimizer;   // AdamW m and v, fp32
-    size_t grads;       // gradients (activation precision)
-    size_t acts;        // activations kept for backward (all blocks)
+    size_t grads;       // parameter gradients, fp32
+    size_t acts;        // activations kept for backward (all blocks), in the activation type or fp32
     size_t logits;      // logits (N, V) and lse, twice with MTP
-    size_t scratch;     // backward scratch: the largest block's needs + residual gradients
+    size_t scratch;     // buffers shared by the blocks: forward scratch, backward gradients, statistics
     size_t workspace;   // cuBLAS workspace, routing statistics, small buffers
     size_t overhead;    // CUDA context and allocator slack (an estimate)
     size_t total;
@@ -54,5 +58,9 @@ int loss_scaler_update(LossScaler *ls, int found_nonfinite);
 double gpu_peak_tflops(const char *device_name, int precision);
 // Model FLOPs utilisation in [0, 1]: achieved / peak; -1 when the peak is unknown.
 double gpu_mfu(double flops_per_second, const char *device_name, int precision);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif
