@@ -1,7 +1,11 @@
 // MoE on the GPU: gate scores, routing (lm_route_token of model/layer_math.h, as the CPU: same
 // selection order and tie-breaking), dispatch into contiguous per-expert row blocks with the
-// capacity rule in token order, grouped GEMMs whose per-expert row counts stay on the device
-// (no host synchronisation per expert), combine, and the backward pieces.
+// capacity rule in token order (parallel over chunks of assignments, deterministic), grouped
+// GEMMs whose per-expert row counts stay on the device (no host synchronisation per expert),
+// combine, and the backward pieces. Router logits, scores, weights, statistics: fp32. The
+// expert activations (xe, expert GEMM outputs, ey, dey) are of the run's element type dt
+// (fp32, bf16, fp16: kernels templated on T, fp32 arithmetic through ldf / stf<T>); gradients
+// accumulated into (dinp, dw, dy, dwts) are fp32.
 #include "cuda_common.cuh"
 #include "cuda_ops.h"
 
@@ -32,53 +36,173 @@ __global__ void moe_route_kernel(int *sel_out, float *wts_out, const float *scor
 }
 
 // ---- dispatch ---------------------------------------------------------------------------------
+// The rule (model/cpu/moe.c, moe_forward): the assignments a = n*K + k are taken in token order;
+// the j-th assignment (0-based) to expert e gets row off[e] + j when j < cap and is dropped
+// (row_of[a] = -1) otherwise; off is the exclusive prefix sum over experts of min(count_e, cap).
+// In parallel, with the same result bit for bit and no host synchronisation:
+//   chunks   the NK assignments are cut into nc = ceil(NK / DCH) chunks of DCH in order; chunk 0
+//            takes the remainder (1..DCH assignments: [0, L0)), chunks c >= 1 are full
+//            ([L0 + (c-1) DCH, L0 + c DCH)). One warp handles one chunk.
+//   (1) count  each warp counts its chunk's assignments per expert (warp ballots find the lanes
+//            with the same expert; the lowest of them adds the group's size to a per-warp shared
+//            counter, so nothing is atomic and nothing depends on timing). The E counts of chunk
+//            c >= 1 are stored in row_of[start_c .. start_c + E) (a full chunk owns DCH >= E
+//            slots of row_of, which it overwrites only in step (4)); those of chunk 0 in
+//            expert_off[1 .. E].
+//   (2) scan   one block per expert: exclusive scan over the chunks of that expert's counts,
+//            in place (chunk c's base = assignments to e before chunk c; chunk 0's is 0 and is
+//            not stored), and the expert's total into expert_off[e + 1].
+//   (3) offsets one block: load[e] += total_e, kept_e = min(total_e, cap), expert_off = exclusive
+//            scan of kept, dropped += sum(total_e - kept_e) (integers: exact).
+//   (4) rank   each warp reloads its chunk's E bases into shared memory, then walks its chunk 32
+//            assignments at a time in order: rank j = base[e] + (lanes below with the same e);
+//            j < cap gives row r = off[e] + j (row_of[a] = r, perm[r] = a), else -1; then the
+//            group's lowest lane advances base[e] by the group's size.
+// Work: O(NK * log2 E / 32) warp steps for (1) and (4), O(E * nc) for (2); four launches.
+#define DCH 256    // assignments per chunk (one warp); >= MOE_MAX_E: see (1)
+#define DWARPS 8   // chunks (warps) per block of the count and rank kernels
+static_assert(DCH >= MOE_MAX_E, "a full dispatch chunk must hold the counts of every expert");
 
-// One block, one thread per expert: each expert takes its assignments in token order up to the
-// capacity (deterministic, as the CPU reference); thread 0 then writes the offsets.
-// expert_off[e + 1] holds counts until the prefix sum. No early return: every thread reaches
-// the barrier.
-__global__ void moe_dispatch_count_kernel(int *row_of, int *expert_off, float *load, float *dropped, const int *sel,
-                                          int NK, int E, long cap) {
-    SHARED_ARRAY(int, drop, 1024);
+static __device__ inline void dispatch_chunk(int c, int NK, int nc, int *start, int *end) {
+    int l0 = NK - (nc - 1) * DCH;  // length of chunk 0, 1..DCH
+    *start = c == 0 ? 0 : l0 + (c - 1) * DCH;
+    *end = c == 0 ? l0 : *start + DCH;
+}
+
+// the lanes of the warp whose (valid) assignment goes to the same expert e as this lane's
+// (e < 2^nbits); every lane of the warp calls it
+static __device__ inline unsigned match_expert(int e, int valid, int nbits) {
+    unsigned m = __ballot_sync(0xffffffffu, valid);
+    for (int b = 0; b < nbits; b++) {
+        unsigned ones = __ballot_sync(0xffffffffu, (e >> b) & 1);
+        m &= ((e >> b) & 1) ? ones : ~ones;
+    }
+    return m;
+}
+
+// exclusive prefix sum over the block (blockDim.x a multiple of 32, <= 1024); *total: the sum of
+// all; scratch: 32 ints of shared memory; every thread must call it
+static __device__ inline int block_exclusive_scan(int v, int *scratch, int *total) {
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
+    int x = v;
+    for (int o = 1; o < 32; o <<= 1) {
+        int y = __shfl_up_sync(0xffffffffu, x, o);
+        if (lane >= o) x += y;
+    }
+    if (lane == 31) scratch[warp] = x;
+    __syncthreads();
+    int t = lane < nw ? scratch[lane] : 0;
+    for (int o = 1; o < 32; o <<= 1) {
+        int y = __shfl_up_sync(0xffffffffu, t, o);
+        if (lane >= o) t += y;
+    }
+    int before = __shfl_sync(0xffffffffu, t, warp > 0 ? warp - 1 : 0);
+    *total = __shfl_sync(0xffffffffu, t, nw - 1);
+    __syncthreads();  // scratch may be reused
+    return (warp > 0 ? before : 0) + x - v;
+}
+
+// (1) per-chunk per-expert counts. A warp without a chunk leaves at once (no block barrier here).
+__global__ void moe_dispatch_count_kernel(int *row_of, int *expert_off, const int *sel, int NK, int nc, int E,
+                                          int nbits) {
+    SHARED_ARRAY2(int, cnt, DWARPS, MOE_MAX_E);
+    int lane = threadIdx.x % 32, w = threadIdx.x / 32, c = blockIdx.x * DWARPS + w;
+    if (c >= nc) return;  // the whole warp
+    int start, end;
+    dispatch_chunk(c, NK, nc, &start, &end);
+    int *ct = cnt[w];
+    for (int e = lane; e < E; e += 32) ct[e] = 0;
+    __syncwarp();
+    for (int a0 = start; a0 < end; a0 += 32) {
+        int a = a0 + lane, valid = a < end, e = valid ? sel[a] : 0;
+        unsigned m = match_expert(e, valid, nbits);
+        if (valid && lane == __ffs((int)m) - 1) ct[e] += __popc(m);
+        __syncwarp();
+    }
+    int *dst = c == 0 ? expert_off + 1 : row_of + start;
+    for (int e = lane; e < E; e += 32) dst[e] = ct[e];
+}
+
+// (2) block e: exclusive scan over the chunks of expert e's counts, in place; total -> expert_off[e+1]
+__global__ void moe_dispatch_scan_kernel(int *row_of, int *expert_off, int NK, int nc) {
+    SHARED_ARRAY(int, scratch, 32);
+    int e = blockIdx.x;
+    int per = (nc + (int)blockDim.x - 1) / (int)blockDim.x;
+    int c0 = threadIdx.x * per, c1 = c0 + per < nc ? c0 + per : nc;
+    int sum = 0;
+    for (int c = c0; c < c1; c++) {
+        int start, end;
+        dispatch_chunk(c, NK, nc, &start, &end);
+        sum += c == 0 ? expert_off[e + 1] : row_of[start + e];
+    }
+    int total;
+    int before = block_exclusive_scan(sum, scratch, &total);
+    for (int c = c0; c < c1; c++) {
+        int start, end;
+        dispatch_chunk(c, NK, nc, &start, &end);
+        if (c == 0) {
+            before += expert_off[e + 1];
+        } else {
+            int v = row_of[start + e];
+            row_of[start + e] = before;
+            before += v;
+        }
+    }
+    if (threadIdx.x == 0) expert_off[e + 1] = total;  // chunk 0 is thread 0's: it alone read this slot
+}
+
+// (3) one block, one thread per expert: loads, capacity, offsets, dropped
+__global__ void moe_dispatch_offsets_kernel(int *expert_off, float *load, float *dropped, int E, long cap) {
+    SHARED_ARRAY(int, scratch, 32);
     int e = threadIdx.x;
+    int total = e < E ? expert_off[e + 1] : 0;
+    int kept = (long)total > cap ? (int)cap : total;
+    int all_kept, all_dropped;
+    int before = block_exclusive_scan(kept, scratch, &all_kept);
+    block_exclusive_scan(total - kept, scratch, &all_dropped);
     if (e < E) {
-        int cnt = 0, total = 0, dr = 0;
-        for (int a = 0; a < NK; a++) {
-            if (sel[a] != e) continue;
-            total++;
-            if (cnt >= cap) {
-                row_of[a] = -1;
-                dr++;
+        expert_off[e + 1] = before + kept;
+        load[e] += (float)total;
+    }
+    if (e == 0) {
+        expert_off[0] = 0;
+        dropped[0] += (float)all_dropped;
+    }
+}
+
+// (4) ranks in order within each chunk, rows, perm
+__global__ void moe_dispatch_rank_kernel(int *row_of, int *perm, const int *expert_off, const int *sel, int NK, int nc,
+                                         int E, int nbits, long cap) {
+    SHARED_ARRAY2(int, run, DWARPS, MOE_MAX_E);
+    int lane = threadIdx.x % 32, w = threadIdx.x / 32, c = blockIdx.x * DWARPS + w;
+    if (c >= nc) return;  // the whole warp
+    int start, end;
+    dispatch_chunk(c, NK, nc, &start, &end);
+    int *rn = run[w];
+    for (int e = lane; e < E; e += 32) rn[e] = c == 0 ? 0 : row_of[start + e];
+    __syncwarp();  // every base is read before this chunk's row_of slots are overwritten
+    for (int a0 = start; a0 < end; a0 += 32) {
+        int a = a0 + lane, valid = a < end, e = valid ? sel[a] : 0;
+        unsigned m = match_expert(e, valid, nbits);
+        if (valid) {
+            long j = (long)rn[e] + __popc(m & ((1u << lane) - 1u));
+            if (j < cap) {
+                int r = expert_off[e] + (int)j;
+                row_of[a] = r;
+                perm[r] = a;
             } else {
-                row_of[a] = cnt++;
+                row_of[a] = -1;
             }
         }
-        expert_off[e + 1] = cnt;
-        load[e] += (float)total;
-        drop[e] = dr;
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        expert_off[0] = 0;
-        int d = 0;
-        for (int i = 0; i < E; i++) {
-            expert_off[i + 1] += expert_off[i];
-            d += drop[i];
-        }
-        dropped[0] += (float)d;
+        __syncwarp();
+        if (valid && lane == __ffs((int)m) - 1) rn[e] += __popc(m);
+        __syncwarp();
     }
 }
 
-__global__ void moe_dispatch_finalize_kernel(int *row_of, int *perm, const int *expert_off, const int *sel, int NK) {
-    int a = blockIdx.x * blockDim.x + threadIdx.x;
-    if (a >= NK || row_of[a] < 0) return;
-    int r = expert_off[sel[a]] + row_of[a];
-    row_of[a] = r;
-    perm[r] = a;
-}
-
-__global__ void moe_gather_kernel(float *xe, const float *x, const int *perm, const int *expert_off, int NK, int K,
-                                  int C, int E) {
+template <typename T>
+__global__ void moe_gather_kernel(T *xe, const T *x, const int *perm, const int *expert_off, int NK, int K, int C,
+                                  int E) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long)NK * C) return;
     int r = (int)(i / C), c = (int)(i % C);
@@ -86,24 +210,26 @@ __global__ void moe_gather_kernel(float *xe, const float *x, const int *perm, co
     xe[i] = x[(long)(perm[r] / K) * C + c];
 }
 
-// ---- grouped GEMM --------------------------------------------------------------------------------
+// ---- grouped GEMM (SIMT; fp32 arithmetic on operands of type T) ------------------------------------
 // For expert e = blockIdx.z and its rows [off[e], off[e+1]):
 //   Cm[r, col] (+)= sum_kk A[r, kk] * Bm(kk, col),  Bm(kk, col) = transB ? B_e[col, kk] : B_e[kk, col]
-// A (rows, Kd) ld Kd; Cm (rows, Nc) ld Nc; B_e = B + e * Kd * Nc.
+// A (rows, Kd) ld Kd, B of type T; Cm (rows, Nc) ld Nc of type TC (accumulate: read and written
+// back, TC = float); B_e = B + e * Kd * Nc.
 // 64 x 64 output tiles, 256 threads with 4 x 4 outputs each, k in steps of 16 through shared
-// memory. Blocks past the expert's last row leave at once (uniformly, before any barrier).
+// memory (fp32). Blocks past the expert's last row leave at once (uniformly, before any barrier).
 #define GM 64
 #define GK 16
 #define GPAD 4
-__global__ void grouped_rows_kernel(float *Cm, const float *A, const float *B, const int *off, int Kd, int Nc,
-                                    int transB, int accumulate) {
+template <typename T, typename TC>
+__global__ void grouped_rows_kernel(TC *Cm, const T *A, const T *B, const int *off, int Kd, int Nc, int transB,
+                                    int accumulate) {
     SHARED_ARRAY2(float, As, GK, GM + GPAD);  // As[k][row]
     SHARED_ARRAY2(float, Bs, GK, GM + GPAD);  // Bs[k][col]
     int e = blockIdx.z;
     int rend = off[e + 1], r0 = off[e] + blockIdx.y * GM, c0 = blockIdx.x * GM;
     if (r0 >= rend) return;
     int tid = threadIdx.x, tr = tid / 16, tc = tid % 16;
-    const float *Be = B + (long)e * Kd * Nc;
+    const T *Be = B + (long)e * Kd * Nc;
     float acc[4][4];
     for (int i = 0; i < 4; i++)
         for (int j = 0; j < 4; j++) acc[i][j] = 0.0f;
@@ -111,13 +237,13 @@ __global__ void grouped_rows_kernel(float *Cm, const float *A, const float *B, c
         for (int q = 0; q < 4; q++) {
             int idx = tid + 256 * q;
             int rr = idx / GK, kk = idx % GK, r = r0 + rr, k = k0 + kk;
-            As[kk][rr] = (r < rend && k < Kd) ? A[(long)r * Kd + k] : 0.0f;
+            As[kk][rr] = (r < rend && k < Kd) ? ldf(A[(long)r * Kd + k]) : 0.0f;
             int col, bk;
             if (transB) col = idx / GK, bk = idx % GK;  // consecutive threads walk k: coalesced
             else bk = idx / GM, col = idx % GM;          // consecutive threads walk columns
             int cc = c0 + col, kb = k0 + bk;
             float bv = 0.0f;
-            if (cc < Nc && kb < Kd) bv = transB ? Be[(long)cc * Kd + kb] : Be[(long)kb * Nc + cc];
+            if (cc < Nc && kb < Kd) bv = ldf(transB ? Be[(long)cc * Kd + kb] : Be[(long)kb * Nc + cc]);
             Bs[bk][col] = bv;
         }
         __syncthreads();
@@ -136,15 +262,16 @@ __global__ void grouped_rows_kernel(float *Cm, const float *A, const float *B, c
         for (int j = 0; j < 4; j++) {
             int col = c0 + tc * 4 + j;
             if (col >= Nc) break;
-            float *c = Cm + (long)r * Nc + col;
-            *c = accumulate ? *c + acc[i][j] : acc[i][j];
+            TC *c = Cm + (long)r * Nc + col;
+            *c = stf<TC>(accumulate ? ldf(*c) + acc[i][j] : acc[i][j]);
         }
     }
 }
 
-// dW_e (OC, IC) += dout_e^T (OC, rows) @ inp_e (rows, IC): 64 x 64 tiles of dW, the expert's
-// rows in steps of 16
-__global__ void grouped_wgrad_kernel(float *dW, const float *dout, const float *inp, const int *off, int IC, int OC) {
+// dW_e (OC, IC, fp32) += dout_e^T (OC, rows) @ inp_e (rows, IC), dout and inp of type T: 64 x 64
+// tiles of dW, the expert's rows in steps of 16
+template <typename T>
+__global__ void grouped_wgrad_kernel(float *dW, const T *dout, const T *inp, const int *off, int IC, int OC) {
     SHARED_ARRAY2(float, Ds, GK, GM + GPAD);  // Ds[row][o]
     SHARED_ARRAY2(float, Is, GK, GM + GPAD);  // Is[row][i]
     int e = blockIdx.z;
@@ -158,8 +285,8 @@ __global__ void grouped_wgrad_kernel(float *dW, const float *dout, const float *
         for (int q = 0; q < 4; q++) {
             int idx = tid + 256 * q;
             int kk = idx / GM, col = idx % GM, r = r0 + kk;
-            Ds[kk][col] = (r < rend && o0 + col < OC) ? dout[(long)r * OC + o0 + col] : 0.0f;
-            Is[kk][col] = (r < rend && i0 + col < IC) ? inp[(long)r * IC + i0 + col] : 0.0f;
+            Ds[kk][col] = (r < rend && o0 + col < OC) ? ldf(dout[(long)r * OC + o0 + col]) : 0.0f;
+            Is[kk][col] = (r < rend && i0 + col < IC) ? ldf(inp[(long)r * IC + i0 + col]) : 0.0f;
         }
         __syncthreads();
         for (int kk = 0; kk < GK; kk++) {
@@ -185,32 +312,34 @@ __global__ void grouped_wgrad_kernel(float *dW, const float *dout, const float *
 
 // ---- combine ----------------------------------------------------------------------------------------
 
-__global__ void moe_combine_kernel(float *y, const float *ey, const float *wts, const int *row_of, int N, int K,
-                                   int C) {
+template <typename T>
+__global__ void moe_combine_kernel(float *y, const T *ey, const float *wts, const int *row_of, int N, int K, int C) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long)N * C) return;
     int n = (int)(i / C), c = (int)(i % C);
     float acc = y[i];
     for (int k = 0; k < K; k++) {
         int r = row_of[n * K + k];
-        if (r >= 0) acc += wts[n * K + k] * ey[(long)r * C + c];
+        if (r >= 0) acc += wts[n * K + k] * ldf(ey[(long)r * C + c]);
     }
     y[i] = acc;
 }
 
-// one warp per sorted row
-__global__ void moe_combine_backward_kernel(float *dey, float *dwts, const float *dy, const float *ey, const float *wts,
+// one warp per sorted row: dey (type T) written, dwts[a] = dy[token] . ey[row]
+template <typename T>
+__global__ void moe_combine_backward_kernel(T *dey, float *dwts, const float *dy, const T *ey, const float *wts,
                                             const int *perm, const int *expert_off, int NK, int K, int C, int E) {
     int lane = threadIdx.x % 32;
     int r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (r >= NK || r >= expert_off[E]) return;  // whole warp
     int a = perm[r], n = a / K;
-    const float *g = dy + (long)n * C, *eyr = ey + (long)r * C;
+    const float *g = dy + (long)n * C;
+    const T *eyr = ey + (long)r * C;
     float w = wts[a], dot = 0.0f;
-    float *d = dey + (long)r * C;
+    T *d = dey + (long)r * C;
     for (int i = lane; i < C; i += 32) {
-        d[i] = w * g[i];
-        dot += g[i] * eyr[i];
+        d[i] = stf<T>(w * g[i]);
+        dot += g[i] * ldf(eyr[i]);
     }
     dot = warp_sum(dot);
     if (lane == 0) dwts[a] = dot;
@@ -345,44 +474,81 @@ int cu_moe_route(int *sel, float *wts, const float *scores, const float *bias, i
 
 void cu_moe_dispatch(int *row_of, int *perm, int *expert_off, float *load, float *dropped, const int *sel, int N,
                      int K, int E, long cap) {
+    if (E < 1 || E > MOE_MAX_E) {
+        fprintf(stderr, "error: internal: cu_moe_dispatch: %d experts (1..%d supported)\n", E, MOE_MAX_E);
+        exit(EXIT_FAILURE);
+    }
     int NK = N * K;
-    int threads = ((E + 31) / 32) * 32;
-    LAUNCH(moe_dispatch_count_kernel, 1, threads, 0, 0, row_of, expert_off, load, dropped, sel, NK, E, cap);
-    LAUNCH(moe_dispatch_finalize_kernel, ceil_div(NK, 256), 256, 0, 0, row_of, perm, expert_off, sel, NK);
+    if (NK <= 0) {
+        cu_zero(expert_off, sizeof(int) * (size_t)(E + 1));
+        return;
+    }
+    int nc = ceil_div(NK, DCH), nbits = 0;
+    while ((1 << nbits) < E) nbits++;
+    int scan_threads = nc < 256 ? ((nc + 31) / 32) * 32 : 256;
+    LAUNCH(moe_dispatch_count_kernel, ceil_div(nc, DWARPS), 32 * DWARPS, 0, 0, row_of, expert_off, sel, NK, nc, E,
+           nbits);
+    LAUNCH(moe_dispatch_scan_kernel, E, scan_threads, 0, 0, row_of, expert_off, NK, nc);
+    LAUNCH(moe_dispatch_offsets_kernel, 1, ((E + 31) / 32) * 32, 0, 0, expert_off, load, dropped, E, cap);
+    LAUNCH(moe_dispatch_rank_kernel, ceil_div(nc, DWARPS), 32 * DWARPS, 0, 0, row_of, perm, expert_off, sel, NK, nc, E,
+           nbits, cap);
 }
 
-void cu_moe_gather(float *xe, const float *x, const int *perm, const int *expert_off, int N, int K, int C, int E) {
-    LAUNCH(moe_gather_kernel, ceil_div((long)N * K * C, 256), 256, 0, 0, xe, x, perm, expert_off, N * K, K, C, E);
+void cu_moe_gather(void *xe, const void *x, const int *perm, const int *expert_off, int N, int K, int C, int E,
+                   int dt) {
+    DISPATCH_DT(dt, T,
+                LAUNCH(moe_gather_kernel<T>, ceil_div((long)N * K * C, 256), 256, 0, 0, (T *)xe, (const T *)x, perm,
+                       expert_off, N * K, K, C, E));
 }
 
-void cu_grouped_matmul_forward(float *out, const float *inp, const float *w, const int *expert_off, int E,
-                               int max_rows, int IC, int OC) {
+void cu_grouped_matmul_forward(void *out, int out_dt, const void *inp, const void *w, const int *expert_off, int E,
+                               int max_rows, int IC, int OC, int dt) {
+    if (out_dt != CU_F32 && out_dt != dt) {
+        fprintf(stderr, "error: internal: cu_grouped_matmul_forward: output type %d for inputs of type %d\n", out_dt,
+                dt);
+        exit(EXIT_FAILURE);
+    }
     dim3 grid(ceil_div(OC, GM), ceil_div(max_rows, GM), E);
-    LAUNCH(grouped_rows_kernel, grid, 256, 0, 0, out, inp, w, expert_off, IC, OC, 1, 0);
+    DISPATCH_DT(dt, T, {
+        if (out_dt == CU_F32) {
+            auto *kfn = grouped_rows_kernel<T, float>;
+            LAUNCH(kfn, grid, 256, 0, 0, (float *)out, (const T *)inp, (const T *)w, expert_off, IC, OC, 1, 0);
+        } else {
+            auto *kfn = grouped_rows_kernel<T, T>;
+            LAUNCH(kfn, grid, 256, 0, 0, (T *)out, (const T *)inp, (const T *)w, expert_off, IC, OC, 1, 0);
+        }
+    });
 }
 
-void cu_grouped_matmul_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
-                                const int *expert_off, int E, int max_rows, int IC, int OC) {
-    if (dinp) {
-        dim3 grid(ceil_div(IC, GM), ceil_div(max_rows, GM), E);
-        LAUNCH(grouped_rows_kernel, grid, 256, 0, 0, dinp, dout, w, expert_off, OC, IC, 0, 1);
-    }
-    if (dw) {
-        dim3 grid(ceil_div(IC, GM), ceil_div(OC, GM), E);
-        LAUNCH(grouped_wgrad_kernel, grid, 256, 0, 0, dw, dout, inp, expert_off, IC, OC);
-    }
+void cu_grouped_matmul_backward(float *dinp, float *dw, const void *dout, const void *inp, const void *w,
+                                const int *expert_off, int E, int max_rows, int IC, int OC, int dt) {
+    DISPATCH_DT(dt, T, {
+        if (dinp) {
+            dim3 grid(ceil_div(IC, GM), ceil_div(max_rows, GM), E);
+            auto *kfn = grouped_rows_kernel<T, float>;
+            LAUNCH(kfn, grid, 256, 0, 0, dinp, (const T *)dout, (const T *)w, expert_off, OC, IC, 0, 1);
+        }
+        if (dw) {
+            dim3 grid(ceil_div(IC, GM), ceil_div(OC, GM), E);
+            LAUNCH(grouped_wgrad_kernel<T>, grid, 256, 0, 0, dw, (const T *)dout, (const T *)inp, expert_off, IC, OC);
+        }
+    });
 }
 
-void cu_moe_combine(float *y, const float *ey, const float *wts, const int *row_of, int N, int K, int C) {
-    LAUNCH(moe_combine_kernel, ceil_div((long)N * C, 256), 256, 0, 0, y, ey, wts, row_of, N, K, C);
+void cu_moe_combine(float *y, const void *ey, const float *wts, const int *row_of, int N, int K, int C, int dt) {
+    DISPATCH_DT(dt, T,
+                LAUNCH(moe_combine_kernel<T>, ceil_div((long)N * C, 256), 256, 0, 0, y, (const T *)ey, wts, row_of, N,
+                       K, C));
 }
 
-void cu_moe_combine_backward(float *dey, float *dwts, const float *dy, const float *ey, const float *wts,
-                             const int *perm, const int *row_of, const int *expert_off, int N, int K, int C, int E) {
+void cu_moe_combine_backward(void *dey, float *dwts, const float *dy, const void *ey, const float *wts,
+                             const int *perm, const int *row_of, const int *expert_off, int N, int K, int C, int E,
+                             int dt) {
     (void)row_of;
-    cu_zero(dwts, sizeof(float) * (size_t)N * K);
-    LAUNCH(moe_combine_backward_kernel, ceil_div((long)N * K, 4), 128, 0, 0, dey, dwts, dy, ey, wts, perm, expert_off,
-           N * K, K, C, E);
+    cu_zero(dwts, sizeof(float) * (size_t)N * K);  // dropped assignments keep 0
+    DISPATCH_DT(dt, T,
+                LAUNCH(moe_combine_backward_kernel<T>, ceil_div((long)N * K, 4), 128, 0, 0, (T *)dey, dwts, dy,
+                       (const T *)ey, wts, perm, expert_off, N * K, K, C, E));
 }
 
 void cu_moe_scatter_add(float *dx, const float *dxe, const int *row_of, int N, int K, int C) {
