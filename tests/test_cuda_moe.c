@@ -89,9 +89,12 @@ static double check_rel_dt(const char *what, const void *dev, int dt, const floa
 // roundings add in quadrature in an L2 norm: sqrt(8 / 3) eps = 1.6 eps for 8 of them. Bound:
 // relative L2 <= 3 eps (measured 0.5 - 1.2 eps, printed; an extra bf16 rounding of dy in the
 // fp16 run gives 3.4 eps and fails). A half run must also differ from fp32 (ey above fp32 noise).
+// "" while bf16 / fp16 grouped GEMMs run on the tensor-core kernels, "_simt" for the SIMT ones
+static const char *gemm_path = "";
+
 static void test_moe_ffn(const char *name, int E, int K, int G, int topG, int score_func, float cf, int dt) {
     char full[128];
-    snprintf(full, sizeof full, "%s_%s", name, cu_dtype_name(dt));
+    snprintf(full, sizeof full, "%s_%s%s", name, cu_dtype_name(dt), dt == CU_F32 ? "" : gemm_path);
     test_begin(full);
     ModelConfig c;
     moe_config(&c, E, K, G, topG, score_func, BALANCE_BIAS, cf);
@@ -265,7 +268,8 @@ static void test_moe_ffn(const char *name, int E, int K, int G, int topG, int sc
 // in dt one rounding more (RTOL + eps_dt), and then it must differ from fp32.
 static void test_grouped_gemm(int dt, int out_dt) {
     char name[96];
-    snprintf(name, sizeof name, "cuda_grouped_gemm_multi_tile_%s_out_%s", cu_dtype_name(dt), cu_dtype_name(out_dt));
+    snprintf(name, sizeof name, "cuda_grouped_gemm_multi_tile_%s_out_%s%s", cu_dtype_name(dt), cu_dtype_name(out_dt),
+             dt == CU_F32 ? "" : gemm_path);
     test_begin(name);
     int E = 3, IC = 37, OC = 70, cnt[3] = {70, 0, 133}, off[4] = {0, 70, 70, 203}, rows = off[E];
     float *x = rand_buf((size_t)rows * IC, 1.0f), *w = rand_buf((size_t)E * OC * IC, 1.0f);
@@ -406,14 +410,20 @@ int main(void) {
     CHECK(cu_moe_route(NULL, NULL, NULL, NULL, 4, 10, 2, 3, 1, 0, 1.0f) != 0, "E not divisible by groups accepted");
     CHECK(cu_moe_route(NULL, NULL, NULL, NULL, 4, 8, 2, 4, 5, 0, 1.0f) != 0, "limited groups > groups accepted");
     test_end();
-    for (int i = 0; i < 3; i++) {
-        test_moe_ffn("cuda_moe_ffn_fwd_bwd_dropless", 6, 2, 3, 2, SCORE_SIGMOID, 0.0f, DTS[i]);
-        test_moe_ffn("cuda_moe_ffn_fwd_bwd_capacity", 5, 2, 1, 1, SCORE_SOFTMAX, 0.6f, DTS[i]);
+    // half types: through cu_grouped_matmul_* on the tensor-core kernels (the model's path where
+    // the device has them), then on the SIMT kernels
+    for (int tc = 1; tc >= 0; tc--) {
+        cu_grouped_set_tensor_cores(tc);
+        gemm_path = tc ? "" : "_simt";
+        for (int i = 0; i < 3; i++) {
+            if (!tc && DTS[i] == CU_F32) continue;
+            test_moe_ffn("cuda_moe_ffn_fwd_bwd_dropless", 6, 2, 3, 2, SCORE_SIGMOID, 0.0f, DTS[i]);
+            test_moe_ffn("cuda_moe_ffn_fwd_bwd_capacity", 5, 2, 1, 1, SCORE_SOFTMAX, 0.6f, DTS[i]);
+            test_grouped_gemm(DTS[i], CU_F32);
+            if (DTS[i] != CU_F32) test_grouped_gemm(DTS[i], DTS[i]);
+        }
     }
-    for (int i = 0; i < 3; i++) {
-        test_grouped_gemm(DTS[i], CU_F32);
-        if (DTS[i] != CU_F32) test_grouped_gemm(DTS[i], DTS[i]);
-    }
+    cu_grouped_set_tensor_cores(1);
     // dispatch: around 5000 and 70000 assignments (more than 256 chunks of 256), E 7, 64, 256;
     // every case has an expert without tokens; small cases: fewer assignments than experts, and
     // a first (partial) chunk of 2 assignments with E = 256

@@ -130,9 +130,12 @@ void cu_moe_gather(void *xe, const void *x, const int *perm, const int *expert_o
 void cu_grouped_matmul_forward(void *out, int out_dt, const void *inp, const void *w, const int *expert_off, int E,
                                int max_rows, int IC, int OC, int dt);
 // dinp[r] += dout[r] @ W_e; dw_e += dout_e^T @ inp_e; dinp, dw fp32 (either may be NULL);
-// dout, inp, w of type dt
+// dout, inp, w of type dt. Both run bf16 / fp16 on tensor cores (grouped_tc.cu) where the
+// device has them, the SIMT kernels otherwise (fp32 always).
 void cu_grouped_matmul_backward(float *dinp, float *dw, const void *dout, const void *inp, const void *w,
                                 const int *expert_off, int E, int max_rows, int IC, int OC, int dt);
+// 0: the SIMT kernels for every type (tests of both paths); 1 (default): tensor cores where available
+void cu_grouped_set_tensor_cores(int on);
 // y (N, C, fp32) += sum_k wts[n,k] * ey[row_of[n,k]] (skipping dropped); ey of type dt
 void cu_moe_combine(float *y, const void *ey, const float *wts, const int *row_of, int N, int K, int C, int dt);
 // dey (rows, C, type dt) = w * dy[token] (written); dwts (N, K, fp32) = dy[token] . ey[row] (0

@@ -2,7 +2,7 @@
 # its verification without a GPU:
 #   - the CUDA-on-CPU harness (tests/cuda_harness): every .cu file compiled by g++ as host
 #     C++ (-include tests/cuda_harness/cuda_harness.h) into $(BUILD)/cuh/, kernels run as
-#     fibers; test_cuda_harness (the harness itself) and test_cuda_kernels (each kernel
+#     fibers; test_cuda_harness (the harness itself) and test_cuda_layers / _attention / _moe (each kernel
 #     against the CPU reference of model/layers.h and model/cpu/moe.c);
 #   - tests/test_cuda_nvcc.sh: every .cu file compiled by nvcc, warnings as errors (SKIP
 #     without nvcc), objects cached in $(BUILD)/nvcc;
@@ -70,7 +70,7 @@ TEST_PROGS += $(CUDA_CMP_TESTS)
 $(foreach t,$(CUDA_CMP_TESTS),$(eval $(t)_SRCS := tests/$(t).c))
 test_cuda_layers_MODS := $(HX_CORE) cudahrt cudaplan model common
 test_cuda_attention_MODS := hx_attention $(HX_CORE) cudahrt cudaplan model common
-test_cuda_moe_MODS := hx_moe $(HX_CORE) cudahrt cudaplan model common
+test_cuda_moe_MODS := hx_moe hx_grouped_tc $(HX_CORE) cudahrt cudaplan model common
 test_cuda_grouped_tc_MODS := hx_grouped_tc $(HX_CORE) cudahrt cudaplan model common
 test_cuda_model_MODS := cudahx cudahrt cudaplan model common
 $(CUDA_CMP_TESTS:%=$(BUILD)/tests/%): LDLIBS += -lstdc++

@@ -8,6 +8,7 @@
 // accumulated into (dinp, dw, dy, dwts) are fp32.
 #include "cuda_common.cuh"
 #include "cuda_ops.h"
+#include "grouped_tc.h"
 
 #define MOE_MAX_E 256
 #define MOE_MAX_G 64
@@ -501,12 +502,22 @@ void cu_moe_gather(void *xe, const void *x, const int *perm, const int *expert_o
                        expert_off, N * K, K, C, E));
 }
 
+// 16-bit operands go to the tensor-core kernels (grouped_tc.cu) where the device runs them,
+// unless a test asked for the SIMT kernels
+static int use_tensor_cores = 1;
+void cu_grouped_set_tensor_cores(int on) { use_tensor_cores = on; }
+static int tc_path(int dt) { return dt != CU_F32 && use_tensor_cores && cu_grouped_tc_available(dt); }
+
 void cu_grouped_matmul_forward(void *out, int out_dt, const void *inp, const void *w, const int *expert_off, int E,
                                int max_rows, int IC, int OC, int dt) {
     if (out_dt != CU_F32 && out_dt != dt) {
         fprintf(stderr, "error: internal: cu_grouped_matmul_forward: output type %d for inputs of type %d\n", out_dt,
                 dt);
         exit(EXIT_FAILURE);
+    }
+    if (tc_path(dt)) {
+        cu_grouped_tc_forward(out, out_dt, inp, w, expert_off, E, max_rows, IC, OC, dt);
+        return;
     }
     dim3 grid(ceil_div(OC, GM), ceil_div(max_rows, GM), E);
     DISPATCH_DT(dt, T, {
@@ -522,6 +533,10 @@ void cu_grouped_matmul_forward(void *out, int out_dt, const void *inp, const voi
 
 void cu_grouped_matmul_backward(float *dinp, float *dw, const void *dout, const void *inp, const void *w,
                                 const int *expert_off, int E, int max_rows, int IC, int OC, int dt) {
+    if (tc_path(dt)) {
+        cu_grouped_tc_backward(dinp, dw, dout, inp, w, expert_off, E, max_rows, IC, OC, dt);
+        return;
+    }
     DISPATCH_DT(dt, T, {
         if (dinp) {
             dim3 grid(ceil_div(IC, GM), ceil_div(max_rows, GM), E);
