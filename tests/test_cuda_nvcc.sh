@@ -2,7 +2,8 @@
 # Every .cu file of the project (model/cuda, tests/cuda_harness) compiles with nvcc for
 # sm_75 sm_80 sm_86 sm_89 sm_90 in one fat object, warnings as errors (nvcc and host
 # compiler). Objects are cached in $BUILD/nvcc by a hash of the source, the headers and the
-# flags, so a second run is fast. SKIPs with one line when nvcc is absent.
+# flags, so a second run is fast. SKIPs with one line when nvcc is absent. comm.cu compiles
+# twice: with NCCL (-DMOE_WITH_NCCL, where nccl.h is found) and without.
 # CUDA_TEST_ARCHS="86" limits the architectures (e.g. on a slow machine).
 set -u
 BUILD=${BUILD:-build}
@@ -19,24 +20,38 @@ for a in $archs; do flags="$flags -gencode arch=compute_$a,code=sm_$a"; done
 out=$BUILD/nvcc
 mkdir -p "$out"
 hdr_hash=$( (echo "$flags"; "$NVCC" --version; cat model/cuda/*.cuh model/cuda/*.h model/layer_math.h tests/cuda_harness/*.h 2>/dev/null) | sha1sum | cut -c1-40)
+# comm.cu: the NCCL collectives where nccl.h is found (as the Makefile builds it), and the
+# world-1 stub of a build without NCCL
+nccl_inc=""
+for d in "$CUDA_HOME/include" /usr/include; do [ -f "$d/nccl.h" ] && { nccl_inc=$d; break; }; done
 fail=0
-for src in model/cuda/*.cu tests/cuda_harness/*.cu; do
-  [ -e "$src" ] || continue
-  name=$(echo "$src" | tr '/' '_')
-  key=$( (echo "$hdr_hash"; cat "$src") | sha1sum | cut -c1-40)
+compile() {  # src, label, extra flags
+  local src=$1 label=$2 extra=$3
+  local name; name=$(echo "$src$label" | tr '/ ()' '____')
+  local key; key=$( (echo "$hdr_hash $extra"; cat "$src") | sha1sum | cut -c1-40)
   if [ -f "$out/$name.o" ] && [ "$(cat "$out/$name.key" 2>/dev/null)" = "$key" ]; then
-    echo "PASS nvcc_compile $src (cached; archs $archs)"
-    continue
+    echo "PASS nvcc_compile $src$label (cached; archs $archs)"
+    return
   fi
   rm -f "$out/$name.o" "$out/$name.key"
-  t0=$(date +%s)
-  if timeout 600 "$NVCC" $flags -c "$src" -o "$out/$name.o" > "$out/$name.log" 2>&1; then
+  local t0; t0=$(date +%s)
+  if timeout 600 "$NVCC" $flags $extra -c "$src" -o "$out/$name.o" > "$out/$name.log" 2>&1; then
     echo "$key" > "$out/$name.key"
-    echo "PASS nvcc_compile $src (archs $archs, $(( $(date +%s) - t0 )) s)"
+    echo "PASS nvcc_compile $src$label (archs $archs, $(( $(date +%s) - t0 )) s)"
   else
-    echo "FAIL nvcc_compile $src: nvcc failed (archs $archs); first lines:"
+    echo "FAIL nvcc_compile $src$label: nvcc failed (archs $archs); first lines:"
     head -20 "$out/$name.log" | sed 's/^/  /'
     fail=1
+  fi
+}
+for src in model/cuda/*.cu tests/cuda_harness/*.cu; do
+  [ -e "$src" ] || continue
+  if [ "$src" = model/cuda/comm.cu ]; then
+    if [ -n "$nccl_inc" ]; then compile "$src" " (NCCL, $nccl_inc/nccl.h)" "-DMOE_WITH_NCCL -I$nccl_inc"
+    else echo "SKIP nvcc_compile model/cuda/comm.cu (NCCL): nccl.h not found in $CUDA_HOME/include or /usr/include"; fi
+    compile "$src" " (without NCCL)" ""
+  else
+    compile "$src" "" ""
   fi
 done
 exit $fail

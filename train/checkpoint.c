@@ -140,7 +140,7 @@ static void put_state(Cursor *c, const CkptTrainState *s) {
     put_i(c, s->grad_accum);
     put_i(c, s->warmup_steps);
     put_i(c, s->max_steps);
-    put_i(c, s->reserved1);
+    put_i(c, s->world);
     put_f(c, s->lr);
     put_f(c, s->min_lr);
     put_f(c, s->weight_decay);
@@ -173,7 +173,7 @@ static void get_state(Cursor *c, CkptTrainState *s) {
     s->grad_accum = get_i(c);
     s->warmup_steps = get_i(c);
     s->max_steps = get_i(c);
-    s->reserved1 = get_i(c);
+    s->world = get_i(c);
     s->lr = get_f(c);
     s->min_lr = get_f(c);
     s->weight_decay = get_f(c);
@@ -202,6 +202,7 @@ static int state_validate(const CkptTrainState *s, MoeErr *err) {
         return moe_err_set(err, "dataloader shuffle flag %d must be 0 or 1", s->train_loader.shuffle);
     if (s->batch_size < 0 || s->seq_len < 0 || s->grad_accum < 0 || s->warmup_steps < 0 || s->max_steps < 0)
         return moe_err_set(err, "batch_size/seq_len/grad_accum/warmup_steps/max_steps must be >= 0");
+    if (s->world < 0 || s->world > 64) return moe_err_set(err, "world %d (GPUs) must be between 0 and 64", s->world);
     if (memchr(s->run_name, '\0', sizeof(s->run_name)) == NULL)
         return moe_err_set(err, "run_name is not NUL-terminated within %zu bytes", sizeof(s->run_name));
     return 0;

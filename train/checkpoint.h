@@ -34,7 +34,7 @@ typedef struct {
     DataLoaderState train_loader;
     // run options that a resume must reuse
     int32_t batch_size, seq_len, grad_accum, warmup_steps;
-    int32_t max_steps, reserved1;
+    int32_t max_steps, world;  // world: GPUs of a data-parallel run (0 in older files: 1)
     float lr, min_lr, weight_decay, grad_clip, beta1, beta2;
     uint64_t seed;
     char run_name[64];

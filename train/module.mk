@@ -1,7 +1,7 @@
 # train/: the training program. The checkpoint module is in train/ckpt.mk.
 -include train/ckpt.mk
 MODULES += trainer
-trainer_SRCS := train/flags.c train/trainer.c
+trainer_SRCS := train/flags.c train/trainer.c train/dp.c
 PROGRAMS += train
 train_SRCS := train/train.c
 train_MODS := trainer gen ckpt plots tokenizer data model common
@@ -33,13 +33,13 @@ $(BUILD)/obj-cuda/%.o: %.c
 	$(CC) $(CPPFLAGS) -DMOE_WITH_CUDA -I$(CUDA_HOME)/include $(CFLAGS) -c $< -o $@
 ifneq ($(HAVE_CUDA_HEADERS),)
 PROGRAMS_EXTRA += train_hx
-$(BUILD)/train_hx: $(BUILD)/obj/train/train.o $(BUILD)/obj/train/flags.o $(BUILD)/obj-cuda/train/trainer.o \
+$(BUILD)/train_hx: $(BUILD)/obj/train/train.o $(BUILD)/obj/train/flags.o $(BUILD)/obj-cuda/train/trainer.o $(BUILD)/obj-cuda/train/dp.o \
 		$(TRAIN_CUDA_LIBS) $(BUILD)/lib/libcudahx.a $(BUILD)/lib/libcudahrt.a $(BUILD)/lib/libcudaplan.a \
 		$(BUILD)/lib/libmodel.a $(BUILD)/lib/libcommon.a
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -lstdc++ -o $@
-SHELL_TESTS += tests/test_train_cuda.sh
+SHELL_TESTS += tests/test_train_cuda.sh tests/test_train_dp.sh
 endif
-$(BUILD)/train_gpu: $(BUILD)/obj/train/train.o $(BUILD)/obj/train/flags.o $(BUILD)/obj-cuda/train/trainer.o \
+$(BUILD)/train_gpu: $(BUILD)/obj/train/train.o $(BUILD)/obj/train/flags.o $(BUILD)/obj-cuda/train/trainer.o $(BUILD)/obj-cuda/train/dp.o \
 		$(TRAIN_CUDA_LIBS) $(CUDA_SRCS:%.cu=$(BUILD)/nvcc-fat/%.o) $(BUILD)/lib/libcudaplan.a \
 		$(BUILD)/lib/libmodel.a $(BUILD)/lib/libcommon.a
 	$(CC) $(LDFLAGS) $^ $(CUDA_LIBS) $(LDLIBS) -lstdc++ -o $@

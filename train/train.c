@@ -54,6 +54,7 @@ static void opts_default(TrainOpts *o) {
     o->report_every = 50;
     o->max_bad_steps = 5;
     o->log_every = 1;
+    o->gpus = 1;
 }
 
 #define NFLAGS_MAX 96
@@ -76,6 +77,7 @@ static int build_flags(Flag *f, TrainOpts *o) {
        "auto (CPU: fp32; GPU: bf16 on compute capability 8.0+, else fp16 with loss scaling) | fp32 | bf16 | fp16", 0);
     FL("loss-scale", 0, FLAG_FLOAT, &o->loss_scale, "fp16: initial dynamic loss scale (halved on overflow, doubled after 2000 good steps)", 0);
     FL("recompute", 0, FLAG_BOOL, &o->recompute, "GPU: recompute norms and SwiGLU in backward (less memory, same result)", 0);
+    FL("gpus", 0, FLAG_INT, &o->gpus, "data parallelism on N GPUs of this machine (NCCL; N x grad-accum micro-batches per step)", 0);
     FL("runs-dir", 0, FLAG_STR, o->runs_dir, "folder of run logs", 0);
     FL("ckpt-dir", 0, FLAG_STR, o->ckpt_dir, "folder of checkpoints", 0);
     // optimisation
@@ -158,6 +160,7 @@ int main(int argc, char **argv) {
     }
     if (pr != 0) return 2;
     snprintf(o.prog, sizeof o.prog, "%s", argv[0]);
+    o.argv = argv;
     if (trainer_resolve_options(&o, flags, nf) != 0) return 1;
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);

@@ -21,6 +21,7 @@
 #include "../plots/report.h"
 #include "../tokenizer/tokenizer.h"
 #include "checkpoint.h"
+#include "dp.h"
 #ifdef MOE_WITH_CUDA
 #include "../model/cuda/cuda_model.h"
 #include "../model/cuda/cuda_ops.h"
@@ -34,8 +35,9 @@
 
 typedef struct {
     Model *m;
-    int tokens_per_step;
+    int tokens_per_step;  // of all ranks
     int N;  // tokens per micro-batch
+    DataParallel *dp;  // the ranks of a data-parallel run (world 1: none)
 #ifdef MOE_WITH_CUDA
     CudaModel *cm;  // NULL: CPU
     char gpu_name[256];
@@ -119,6 +121,13 @@ static void eng_backward(Engine *e) {
 static float eng_update(Engine *e, float lr, const TrainOpts *o, int t) {
 #ifdef MOE_WITH_CUDA
     if (e->cm) {
+        if (e->dp->world > 1) {  // every rank steps with the sums of the ranks' gradients and routing statistics
+            size_t n = 0;
+            float *g = cuda_model_grads_device(e->cm, &n);
+            dp_sum_device(e->dp, g, n);
+            g = cuda_model_routing_device(e->cm, &n);
+            if (n > 0) dp_sum_device(e->dp, g, n);
+        }
         float norm = cuda_model_step(e->cm, lr, o->beta1, o->beta2, 1e-8f, o->weight_decay, o->grad_clip,
                                      1.0f / e->ls.scale, t);
         if (e->precision == PREC_FP16) loss_scaler_update(&e->ls, !isfinite(norm));
@@ -199,11 +208,12 @@ static int gpu_precision(const TrainOpts *o, const char *gpu, MoeErr *err) {
 
 // Pick the device: --device cpu, cuda (an error without a GPU) or auto (the GPU when the CUDA
 // runtime finds one). Prints one line saying which. -1 on error.
-static int eng_open(Engine *e, Model *m, const TrainOpts *o, int B, int T, MoeErr *err) {
+static int eng_open(Engine *e, Model *m, const TrainOpts *o, int B, int T, DataParallel *dp, MoeErr *err) {
     memset(e, 0, sizeof(*e));
     e->m = m;
     e->N = B * T;
-    e->tokens_per_step = B * T * o->grad_accum;
+    e->dp = dp;
+    e->tokens_per_step = B * T * o->grad_accum * dp->world;
 #ifdef MOE_WITH_CUDA
     loss_scaler_init(&e->ls, 1.0f, 2000);
     e->ls.scale = 1.0f;
@@ -212,6 +222,7 @@ static int eng_open(Engine *e, Model *m, const TrainOpts *o, int B, int T, MoeEr
         int n = cu_device_info(e->gpu_name, sizeof e->gpu_name, &free_b, &total_b);
         if (n <= 0) {
             if (!strcmp(o->device, "cuda")) return moe_err_set(err, "--device cuda: no GPU visible to the CUDA runtime");
+            if (dp->world > 1) return moe_err_set(err, "--gpus %d: no GPU visible to the CUDA runtime", dp->world);
             printf("device: no GPU visible to the CUDA runtime: training on the CPU\n");
         } else {
             int prec = gpu_precision(o, e->gpu_name, err);
@@ -222,6 +233,11 @@ static int eng_open(Engine *e, Model *m, const TrainOpts *o, int B, int T, MoeEr
             printf("device: GPU %s (compute capability %d.%d, %.1f of %.1f GB free), CUDA backend %s, precision %s%s%s\n",
                    e->gpu_name, cc / 10, cc % 10, free_b / 1e9, total_b / 1e9, cu_backend(), cu_dtype_name(prec),
                    prec == PREC_FP16 ? " with dynamic loss scaling" : "", o->recompute ? ", recomputing norms and SwiGLU" : "");
+            if (dp->world > 1)
+                printf("data parallel: rank %d of %d (%s); rank r takes micro-batch m*%d + r of the data order, the ranks "
+                       "sum gradients and routing statistics before every step\n",
+                       dp->rank, dp->world, !strcmp(dp->backend, "nccl") ? "NCCL" : "shared memory between processes",
+                       dp->world);
             cuda_plan_print(&plan, stdout);
             if (cuda_plan_check(&plan, free_b, B, o->recompute, err) != 0) return -1;
             if (cuda_model_create(&e->cm, &m->cfg, B, T, prec, o->recompute, err) != 0) return -1;
@@ -296,7 +312,7 @@ static int shape_field_differs(const char *flag, const ModelConfig *a, const Mod
     return 0;
 }
 
-static const char *resume_allowed[] = {"resume", "name", "max-steps", "precision", "recompute", "loss-scale", "val-every", "val-batches", "sample-every",
+static const char *resume_allowed[] = {"resume", "name", "max-steps", "gpus", "precision", "recompute", "loss-scale", "val-every", "val-batches", "sample-every",
                                        "sample-len", "sample-temperature", "sample-top-k", "ckpt-every", "keep-ckpts",
                                        "report-every", "log-every", "max-bad-steps", "stop-after", "tokenizer", "runs-dir",
                                        "ckpt-dir", "device", "train-data", "val-data", NULL};
@@ -410,7 +426,21 @@ int trainer_resolve_options(TrainOpts *o, Flag *flags, int nf) {
         if (!flags_find(flags, nf, "name")->set) snprintf(o->name, sizeof o->name, "%s", st.run_name);
         o->batch_size = st.batch_size;
         o->seq_len = st.seq_len;
-        o->grad_accum = st.grad_accum;
+        // the global batch (GPUs x grad_accum micro-batches) stays the checkpoint's: the data
+        // position and the schedule count optimizer steps. --gpus may change if it divides it.
+        int ck_world = st.world > 0 ? st.world : 1, global = st.grad_accum * ck_world;
+        if (!flags_find(flags, nf, "gpus")->set) o->gpus = ck_world;
+        if (o->gpus < 1 || global % o->gpus != 0) {
+            fprintf(stderr, "error: --gpus %d: the checkpoint's optimizer step takes %d micro-batches (grad_accum %d x "
+                            "%d GPU%s) and a resumed run keeps them; use a number of GPUs that divides %d\n",
+                    o->gpus, global, st.grad_accum, ck_world, ck_world > 1 ? "s" : "", global);
+            return -1;
+        }
+        o->grad_accum = global / o->gpus;
+        if (o->gpus != ck_world)
+            printf("note: resuming on %d GPU%s with grad_accum %d (the checkpoint: %d GPU%s x grad_accum %d): the same "
+                   "%d micro-batches per step\n", o->gpus, o->gpus > 1 ? "s" : "", o->grad_accum, ck_world,
+                   ck_world > 1 ? "s" : "", st.grad_accum, global);
         o->warmup_steps = st.warmup_steps;
         if (!flags_find(flags, nf, "max-steps")->set) o->max_steps = st.max_steps;
         o->lr = st.lr;
@@ -477,6 +507,7 @@ int trainer_resolve_options(TrainOpts *o, Flag *flags, int nf) {
         INHERIT("weight-decay", weight_decay, weight_decay) INHERIT("grad-clip", grad_clip, grad_clip)
         INHERIT("beta1", beta1, beta1) INHERIT("beta2", beta2, beta2) INHERIT("seed", seed, seed)
 #undef INHERIT
+        if (!flags_find(flags, nf, "gpus")->set) o->gpus = st.world > 0 ? st.world : 1;  // with its grad_accum: the parent's batch
         if (!flags_find(flags, nf, "name")->set) {
             fprintf(stderr, "error: --init-from starts a new run: give it a name with --name\n");
             return -1;
@@ -504,6 +535,10 @@ int trainer_resolve_options(TrainOpts *o, Flag *flags, int nf) {
     }
     if (strcmp(o->device, "auto") && strcmp(o->device, "cpu") && strcmp(o->device, "cuda")) {
         fprintf(stderr, "error: --device must be auto, cpu or cuda, got '%s'\n", o->device);
+        return -1;
+    }
+    if (dp_check(o->gpus, o->device, &err) != 0) {
+        fprintf(stderr, "error: %s\n", err.msg);
         return -1;
     }
     if (strcmp(o->precision, "auto") && strcmp(o->precision, "fp32") && strcmp(o->precision, "bf16") &&
@@ -791,9 +826,9 @@ static void write_run_json(const char *run_dir, const TrainOpts *o, const Model 
     fprintf(fp, ", \"tokenizer\": ");
     json_str(fp, o->tokenizer);
     fprintf(fp, ", \"val_every\": %d, \"val_batches\": %d, \"sample_every\": %d, \"ckpt_every\": %d, \"keep_ckpts\": %d, "
-                "\"report_every\": %d, \"log_every\": %d, \"recompute\": %s",
+                "\"report_every\": %d, \"log_every\": %d, \"recompute\": %s, \"gpus\": %d",
             o->val_every, o->val_batches, o->sample_every, o->ckpt_every, o->keep_ckpts, o->report_every, o->log_every,
-            o->recompute ? "true" : "false");
+            o->recompute ? "true" : "false", o->gpus);
     fprintf(fp, "},\n \"domains\": [");
     for (int d = 0; d < dataloader_n_domains(dl); d++) {
         if (d) fprintf(fp, ", ");
@@ -837,6 +872,7 @@ static void fill_state(CkptTrainState *st, const TrainOpts *o, int64_t step, int
     st->batch_size = o->batch_size;
     st->seq_len = o->seq_len;
     st->grad_accum = o->grad_accum;
+    st->world = o->gpus;
     st->warmup_steps = o->warmup_steps;
     st->max_steps = o->max_steps;
     st->lr = o->lr;
@@ -899,6 +935,10 @@ static void print_sample(Model *m, Tokenizer *tok, const TrainOpts *o, uint64_t 
     gen_free(&g);
 }
 
+// the stop decision: Ctrl-C / SIGTERM / --stop-after; in a data-parallel run the one the ranks
+// agreed on at the last step (so that every rank stops after the same step)
+static int stop_now(const DataParallel *dp, volatile sig_atomic_t *stop) { return dp->world > 1 ? dp->stop : *stop != 0; }
+
 int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
     MoeErr err;
     // data
@@ -942,6 +982,7 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
     char ckpt_dir[2048], run_dir[2048], path[2200];
     snprintf(ckpt_dir, sizeof ckpt_dir, "%s/%s", o->ckpt_dir, o->name);
     snprintf(run_dir, sizeof run_dir, "%s/%s", o->runs_dir, o->name);
+    int main_rank = !dp_is_worker_process(o->gpus);  // the run's files belong to rank 0
     if (o->resume[0]) {
         CkptTrainState st;
         if (ckpt_load(o->resume, &m, &st, 1, &err) != 0 || dataloader_set_state(train, &st.train_loader, &err) != 0) {
@@ -959,14 +1000,14 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
         resumed = 1, ckpt_prec = st.precision, ckpt_scale = st.loss_scale, ckpt_good = st.good_steps;
         printf("resumed from %s at step %lld\n", o->resume, (long long)step);
         static const char *logs[] = {"train.jsonl", "routing.jsonl", "events.jsonl", "domains.jsonl", "coact.jsonl"};
-        for (int i = 0; i < 5; i++) {
+        for (int i = 0; i < 5 && main_rank; i++) {
             snprintf(path, sizeof path, "%s/%s", run_dir, logs[i]);
             truncate_jsonl(path, step);
         }
         snprintf(path, sizeof path, "%s/FINISHED", run_dir);
-        unlink(path);
+        if (main_rank) unlink(path);
     } else {
-        if (dir_exists_(run_dir) || dir_exists_(ckpt_dir)) {
+        if (main_rank && (dir_exists_(run_dir) || dir_exists_(ckpt_dir))) {
             if (!o->overwrite) {
                 fprintf(stderr, "error: run '%s' already exists (%s); continue it with --resume %s (make train RESUME=1), "
                                 "or start another with --name NAME, or --overwrite\n", o->name, run_dir, o->name);
@@ -1001,25 +1042,31 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
                 printf("data: a new order (the seed, batch size or sequence length differs from the parent's)\n");
         }
     }
+    // data parallelism: rank 0 starts the workers, every rank selects its GPU, the ranks meet
+    DataParallel dp;
     Engine eng;
-    if (eng_open(&eng, &m, o, o->batch_size, o->seq_len, &err) != 0) {
+    memset(&eng, 0, sizeof eng);
+    if (dp_start(&dp, o->gpus, o->argv, &err) != 0 || eng_open(&eng, &m, o, o->batch_size, o->seq_len, &dp, &err) != 0) {
         fprintf(stderr, "error: %s\n", err.msg);
         eng_close(&eng);
         model_free(&m);
         dataloader_free(train);
         dataloader_free(val);
-        return 1;
+        return dp_finish(&dp, 1);
     }
     if (resumed) eng_resume(&eng, step, ckpt_prec, ckpt_scale, ckpt_good);
-    if (make_dirs(run_dir, &err) != 0 || make_dirs(ckpt_dir, &err) != 0) {
+    if (main_rank && (make_dirs(run_dir, &err) != 0 || make_dirs(ckpt_dir, &err) != 0)) {
         fprintf(stderr, "error: %s\n", err.msg);
-        return 1;
+        return dp_finish(&dp, 1);
     }
-    write_run_json(run_dir, o, &m, val ? val : train, eng_backend(&eng), eng_precision(&eng));
+    if (main_rank) write_run_json(run_dir, o, &m, val ? val : train, eng_backend(&eng), eng_precision(&eng));
     config_print(&m.cfg, stdout);
-    printf("parameters: %.2f M total, %.2f M active per token | batch %d x %d x %d accum = %d tokens/step\n",
-           (double)m.num_params / 1e6, active_params(&m.cfg) / 1e6, o->batch_size, o->seq_len, o->grad_accum,
-           o->batch_size * o->seq_len * o->grad_accum);
+    int W = dp.world;
+    char gpus_s[32] = "";
+    if (W > 1) snprintf(gpus_s, sizeof gpus_s, " x %d GPUs", W);
+    printf("parameters: %.2f M total, %.2f M active per token | batch %d x %d x %d accum%s = %d tokens/step\n",
+           (double)m.num_params / 1e6, active_params(&m.cfg) / 1e6, o->batch_size, o->seq_len, o->grad_accum, gpus_s,
+           o->batch_size * o->seq_len * o->grad_accum * W);
     GenCacheReport cr;
     generate_cache_report(&m.cfg, &cr);
     generate_cache_report_print(&cr, m.cfg.max_seq_len, stdout);
@@ -1027,17 +1074,17 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
            o->prog, o->name);
     fflush(stdout);
     Tokenizer *tok = NULL;
-    if (o->sample_every > 0 && o->tokenizer[0] && file_exists(o->tokenizer)) {
+    if (main_rank && o->sample_every > 0 && o->tokenizer[0] && file_exists(o->tokenizer)) {
         tok = tokenizer_load(o->tokenizer, &err);
         if (!tok) fprintf(stderr, "warning: samples will print token ids: %s\n", err.msg);
     }
-    // logs
+    // logs (the workers of a data-parallel run write nothing)
     snprintf(path, sizeof path, "%s/train.jsonl", run_dir);
-    FILE *ftrain = fopenCheck(path, "a");
+    FILE *ftrain = fopenCheck(main_rank ? path : "/dev/null", "a");
     snprintf(path, sizeof path, "%s/routing.jsonl", run_dir);
-    FILE *frout = fopenCheck(path, "a");
+    FILE *frout = fopenCheck(main_rank ? path : "/dev/null", "a");
     snprintf(path, sizeof path, "%s/events.jsonl", run_dir);
-    FILE *fevents = fopenCheck(path, "a");
+    FILE *fevents = fopenCheck(main_rank ? path : "/dev/null", "a");
     CollapseParams cp;
     collapse_params_default(&cp);
     CollapseDetector det;
@@ -1061,13 +1108,14 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
     double flops_per_token = model_flops_per_token(&m.cfg, T);
     int64_t start_step = step, saved_step = step;
     double t_report = 0.0;
-    while (step < o->max_steps && !*stop) {
+    while (step < o->max_steps && !stop_now(&dp, stop)) {
+        dp_test_hook(&dp, step);
         double t0 = wall_seconds();
-        eng_begin_step(&eng, 1.0f / (float)o->grad_accum);
+        eng_begin_step(&eng, 1.0f / (float)(o->grad_accum * W));
         double loss = 0.0, ce = 0.0, aux = 0.0, mtp = 0.0;
         int finite = 1;
         for (int micro = 0; micro < o->grad_accum; micro++) {
-            dataloader_next(train, inputs, targets, domains);
+            dp_next_batch(&dp, train, B, T, inputs, targets, domains);
             float l = eng_forward(&eng, inputs, targets, B, T, 1);
             if (!isfinite(l)) {
                 finite = 0;
@@ -1078,6 +1126,13 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
             ce += m.ce_loss / o->grad_accum;
             aux += m.aux_loss / o->grad_accum;
             mtp += m.mtp_loss / o->grad_accum;
+        }
+        if (W > 1) {  // the means over the ranks, and the decisions every rank must share
+            double v[6] = {loss, ce, aux, mtp, finite ? 0.0 : 1.0, *stop ? 1.0 : 0.0};
+            dp_sum_host(&dp, v, 6);
+            loss = v[0] / W, ce = v[1] / W, aux = v[2] / W, mtp = v[3] / W;
+            finite = v[4] == 0.0;
+            dp.stop = v[5] > 0.0;
         }
         float lr = lm_lr_schedule((int)step, o->warmup_steps, o->max_steps, o->lr, o->min_lr);
         float scale_used = eng_loss_scale(&eng);
@@ -1108,9 +1163,9 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
         }
         bad_steps = 0;
         step++;
-        tokens_seen += (int64_t)N * o->grad_accum;
+        tokens_seen += (int64_t)N * o->grad_accum * W;
         double dt = wall_seconds() - t0;
-        double tps = (double)N * o->grad_accum / dt;
+        double tps = (double)N * o->grad_accum * W / dt;  // all ranks
         // logs
         fprintf(ftrain, "{\"step\": %lld, \"loss\": ", (long long)step);
         jnum(ftrain, loss);
@@ -1160,17 +1215,17 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
                 printf(" | maxvio %.3f | min H %.3f/%.3f", mean_vio, min_ent, log((double)m.cfg.n_routed_experts));
 #ifdef MOE_WITH_CUDA
             if (eng.cm) {
-                double mfu = gpu_mfu(tps * flops_per_token, eng.gpu_name, eng.precision);
+                double mfu = gpu_mfu(tps * flops_per_token / W, eng.gpu_name, eng.precision);  // per GPU
                 if (mfu >= 0) printf(" | MFU %.1f%%", 100.0 * mfu);
             }
 #endif
             printf("\n");
             fflush(stdout);
         }
-        if (o->stop_after > 0 && step - start_step >= o->stop_after) *stop = 1;
-        int last = step == o->max_steps || *stop;
+        if (o->stop_after > 0 && step - start_step >= o->stop_after) *stop = 1, dp.stop = 1;
+        int last = step == o->max_steps || stop_now(&dp, stop);
         int is_best = 0;
-        if (val && o->val_every > 0 && (step % o->val_every == 0 || last)) {
+        if (main_rank && val && o->val_every > 0 && (step % o->val_every == 0 || last)) {
             if (es.dom_counts) {
                 memset(es.dom_counts, 0, sizeof(double) * (size_t)es.nm * es.D * es.E);
                 memset(es.dom_tokens, 0, sizeof(double) * (size_t)es.D);
@@ -1191,11 +1246,11 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
                 is_best = 1;
             }
         }
-        if (o->sample_every > 0 && step % o->sample_every == 0) {
+        if (main_rank && o->sample_every > 0 && step % o->sample_every == 0) {
             eng_to_host(&eng);
             print_sample(&m, tok, o, &rng);
         }
-        if ((o->ckpt_every > 0 && step % o->ckpt_every == 0) || last || is_best) {
+        if (main_rank && ((o->ckpt_every > 0 && step % o->ckpt_every == 0) || last || is_best)) {
             CkptTrainState st;
             fill_state(&st, o, step, tokens_seen, rng, best_val, bad_steps, train);
             eng_fill_state(&eng, &st);
@@ -1206,35 +1261,45 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
             }
             saved_step = step;
         }
-        if (o->report_every > 0 && step % o->report_every == 0 && !last) {
+        if (main_rank && o->report_every > 0 && step % o->report_every == 0 && !last) {
             double tr = wall_seconds();
             if (report_write(run_dir, &err) != 0) fprintf(stderr, "warning: report: %s\n", err.msg);
             t_report += wall_seconds() - tr;
         }
     }
-    if (rc == 0 && saved_step != step) {  // a signal arrived after this step's checkpoint decision
+    if (main_rank && rc == 0 && saved_step != step) {  // a signal arrived after this step's checkpoint decision
         CkptTrainState st;
         fill_state(&st, o, step, tokens_seen, rng, best_val, bad_steps, train);
         eng_fill_state(&eng, &st);
         eng_to_host(&eng);
         if (save_checkpoint(o, ckpt_dir, &m, &st, 0) != 0) rc = 1;
     }
-    if (*stop && rc == 0) printf("stopped at step %lld (checkpoint saved)\n", (long long)step);
-    if (step == start_step && rc == 0 && !*stop) printf("nothing to do: the run is at step %lld of %d\n", (long long)step, o->max_steps);
+    if (stop_now(&dp, stop) && rc == 0) printf("stopped at step %lld (checkpoint saved)\n", (long long)step);
+    if (step == start_step && rc == 0 && !stop_now(&dp, stop)) printf("nothing to do: the run is at step %lld of %d\n", (long long)step, o->max_steps);
     fclose(ftrain);
     fclose(frout);
     fclose(fevents);
-    if (step >= o->max_steps && rc == 0) {  // before the last report, so that its page stops reloading
+    if (main_rank && step >= o->max_steps && rc == 0) {  // before the last report, so that its page stops reloading
         snprintf(path, sizeof path, "%s/FINISHED", run_dir);
         write_file_atomic(path, "", 0, &err);
     }
-    if (report_write(run_dir, &err) != 0) fprintf(stderr, "warning: report: %s\n", err.msg);
-    else printf("report: %s/report.html\n", run_dir);
+    if (main_rank) {
+        if (report_write(run_dir, &err) != 0) fprintf(stderr, "warning: report: %s\n", err.msg);
+        else printf("report: %s/report.html\n", run_dir);
+    }
     if (t_report > 0) printf("time spent refreshing reports: %.1f s\n", t_report);
     if (rc == 0 && step < o->max_steps)
         printf("to continue: %s --resume %s   (or: make train RESUME=1 NAME=%s)\n", o->prog, o->name, o->name);
     else if (rc == 0)
         printf("done. To train longer: %s --resume %s --max-steps %d\n", o->prog, o->name, o->max_steps * 2);
+    if (!main_rank && rc == 0 && getenv("MOE_DP_TEST_SAVE")) {  // test hook: a worker's final model (do the ranks agree?)
+        CkptTrainState st;
+        fill_state(&st, o, step, tokens_seen, rng, best_val, bad_steps, train);
+        eng_fill_state(&eng, &st);
+        eng_to_host(&eng);
+        snprintf(path, sizeof path, "%s/rank%d.ckpt", ckpt_dir, dp.rank);
+        if (ckpt_save(path, &m, &st, &err) != 0) fprintf(stderr, "error: %s\n", err.msg), rc = 1;
+    }
     if (have_det) collapse_free(&det);
     free(es.dom_counts);
     free(es.dom_tokens);
@@ -1248,5 +1313,5 @@ int trainer_run(TrainOpts *o, volatile sig_atomic_t *stop) {
     model_free(&m);
     dataloader_free(train);
     dataloader_free(val);
-    return rc;
+    return dp_finish(&dp, rc);
 }

@@ -23,6 +23,8 @@ typedef struct {
     int val_every, val_batches, sample_every, sample_len, sample_top_k;
     float sample_temperature;
     int ckpt_every, keep_ckpts, report_every, log_every, max_bad_steps, stop_after;
+    int gpus;                    // data parallelism: processes, one per GPU (train/dp.h)
+    char **argv;                 // the command line (the workers of --gpus run it again)
     // filled by trainer_resolve_options
     char overrides_json[4096];   // options set on the command line with --init-from
     char prog[256];              // argv[0], for the resume command printed at the end

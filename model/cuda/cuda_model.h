@@ -95,6 +95,14 @@ int cuda_model_routing_stats(const CudaModel *m, int i, float *load, float *drop
 void cuda_model_last_bias(const CudaModel *m, float *bias);
 void cuda_model_routing_reset(CudaModel *m);
 
+// Data parallelism: the device buffers that the ranks sum between the micro-batches and
+// cuda_model_step (comm.h), so that every rank applies the same step: the fp32 parameter
+// gradients (*n = num_params floats), and the routing statistics accumulated since the last
+// reset (loads, dropped assignments, entropy and top-1 sums of every MoE block: *n floats; the
+// bias update then sees the global loads). Device pointers, owned by the model.
+float *cuda_model_grads_device(CudaModel *m, size_t *n);
+float *cuda_model_routing_device(CudaModel *m, size_t *n);
+
 // the pieces of the step, one at a time (tests, benchmarks): each synchronises where it returns a value
 int cuda_model_grads_nonfinite(CudaModel *m);  // 1 when any gradient is inf or NaN
 float cuda_model_grad_norm(CudaModel *m);

@@ -24,9 +24,16 @@ void cu_sync(void);
 // "cuda" (nvcc build) or "cuda-harness" (g++ build through tests/cuda_harness)
 const char *cu_backend(void);
 // number of visible devices (0 when none or no driver: the caller falls back to the CPU, and
-// nothing is printed); name, free and total memory of device 0. Any output pointer may be NULL.
+// nothing is printed); name, free and total memory of the current device (device 0 unless
+// cu_select_device chose another). Any output pointer may be NULL.
 int cu_device_info(char *name, size_t name_len, size_t *free_bytes, size_t *total_bytes);
-// compute capability major * 10 + minor of device 0 (0 when none; 90 under the harness)
+// number of visible devices without creating a context (0 when none; 1 under the harness)
+int cu_device_count(void);
+// make device `index` current for this process (call before any other CUDA call, cuBLAS
+// included, so that no context is created on device 0); 0, or -1 when there is no such
+// device. Under the harness every process stands for a device of its own: always 0.
+int cu_select_device(int index);
+// compute capability major * 10 + minor of the current device (0 when none; 90 under the harness)
 int cu_compute_capability(void);
 
 // ---- element types ---------------------------------------------------------------------

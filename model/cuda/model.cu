@@ -913,6 +913,18 @@ void cuda_model_routing_reset(CudaModel *m) {
     cu_zero(m->load, sizeof(float) * (nm * E + nm + 2 * nm));  // load, dropped, stats are contiguous
 }
 
+float *cuda_model_grads_device(CudaModel *m, size_t *n) {
+    *n = m->num_params;
+    return m->grads;
+}
+
+float *cuda_model_routing_device(CudaModel *m, size_t *n) {
+    int E = m->cfg.n_routed_experts > 0 ? m->cfg.n_routed_experts : 1;
+    size_t nm = (size_t)m->n_moe;
+    *n = nm * E + nm + 2 * nm;  // load, dropped, stats are contiguous (as cuda_model_routing_reset zeroes them)
+    return m->load;
+}
+
 void cuda_model_losses(const CudaModel *m, float *ce, float *aux, float *mtp) {
     if (ce) *ce = m->ce_loss;
     if (aux) *aux = m->aux_loss;

@@ -16,6 +16,17 @@ CUDA_GENCODE := $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a
 NVCC_FLAGS ?= -O3 -std=c++17 -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror,-fopenmp
 
 CUDA_SRCS := $(sort $(wildcard model/cuda/*.cu))
+
+# NCCL (data-parallel training on several GPUs, comm.cu): used when both its header and its
+# library are found; otherwise comm.cu builds a world-1 stub and --gpus N > 1 is refused
+NCCL_HEADER := $(firstword $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h))
+NCCL_LIB := $(firstword $(wildcard $(CUDA_HOME)/lib64/libnccl.so $(CUDA_HOME)/lib/libnccl.so \
+              /usr/lib/x86_64-linux-gnu/libnccl.so /usr/lib/aarch64-linux-gnu/libnccl.so /usr/lib64/libnccl.so))
+ifneq ($(and $(NCCL_HEADER),$(NCCL_LIB)),)
+HAVE_NCCL := 1
+NCCL_CPPFLAGS := -DMOE_WITH_NCCL -I$(patsubst %/,%,$(dir $(NCCL_HEADER)))
+NCCL_LDLIBS := -L$(patsubst %/,%,$(dir $(NCCL_LIB))) -Wl,-rpath,$(patsubst %/,%,$(dir $(NCCL_LIB))) -lnccl
+endif
 HX_KERNEL_SRCS := tests/cuda_harness/harness_kernels.cu
 HAVE_CUDA_HEADERS := $(wildcard $(CUDA_HOME)/include/cuda_runtime.h)
 
@@ -59,6 +70,12 @@ endef
 $(foreach f,$(notdir $(CUDA_SRCS:.cu=)),$(eval $(call HX_FILE_LIB,$(f))))
 HX_CORE := hx_layers hx_optim hx_convert hx_runtime
 
+# the shared-memory collectives of the harness build of comm.cu (processes stand for GPUs)
+TEST_PROGS += test_cuda_comm
+test_cuda_comm_SRCS := tests/test_cuda_comm.c
+test_cuda_comm_MODS := hx_comm cudahrt common
+$(BUILD)/tests/test_cuda_comm: LDLIBS += -lstdc++
+
 TEST_PROGS += test_cuda_harness
 test_cuda_harness_SRCS := tests/test_cuda_harness.c
 test_cuda_harness_MODS := cudahk cudahrt common
@@ -94,18 +111,24 @@ SHELL_TESTS += tests/test_cuda_nvcc.sh
 # CUDA_ENABLED empty and the program CPU-only.
 CUDA_ENABLED := $(if $(NVCC),1,)
 CUDA_OBJS := $(CUDA_SRCS:%.cu=$(BUILD)/nvcc-fat/%.o) $(BUILD)/lib/libcudaplan.a
-CUDA_LDLIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublas -lstdc++
+CUDA_LDLIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublas $(NCCL_LDLIBS) -lstdc++
 CUDA_CPPFLAGS := -DMOE_WITH_CUDA -I$(CUDA_HOME)/include
 
 # ---- real CUDA builds (need nvcc) ----------------------------------------------------------
 .PHONY: cuda test-gpu
-CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublas
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublas $(NCCL_LDLIBS)
 
 CUDA_HDRS := $(wildcard model/cuda/*.cuh model/cuda/*.h) model/layer_math.h model/model.h model/config.h
 $(BUILD)/nvcc-fat/%.o: %.cu $(CUDA_HDRS)
 	@test -n "$(NVCC)" || { echo "error: nvcc not found (set CUDA_HOME or NVCC)"; exit 1; }
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCC_FLAGS) $(CUDA_GENCODE) -I. -c $< -o $@
+# comm.cu: the NCCL collectives where NCCL was found (rebuilt when that changes)
+$(BUILD)/nvcc-fat/model/cuda/comm.o: NVCC_FLAGS += $(NCCL_CPPFLAGS)
+$(BUILD)/nvcc-fat/model/cuda/comm.o: $(BUILD)/nvcc-fat/nccl-$(if $(HAVE_NCCL),on,off).stamp
+$(BUILD)/nvcc-fat/nccl-%.stamp:
+	@mkdir -p $(dir $@)
+	@rm -f $(BUILD)/nvcc-fat/nccl-*.stamp && touch $@
 
 # every .cu file as a fat object for sm_75 sm_80 sm_86 sm_89 sm_90
 cuda: $(CUDA_SRCS:%.cu=$(BUILD)/nvcc-fat/%.o)

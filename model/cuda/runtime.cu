@@ -45,8 +45,9 @@ int cu_device_info(char *name, size_t name_len, size_t *free_bytes, size_t *tota
 #if defined(MOE_CUDA_HARNESS)
     if (name && name_len) snprintf(name, name_len, "CUDA-on-CPU harness");
 #else
+    int dev = 0;
     cudaDeviceProp prop;
-    if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) return 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess) return 0;
     if (name && name_len) snprintf(name, name_len, "%s", prop.name);
 #endif
     size_t f = 0, t = 0;
@@ -55,6 +56,30 @@ int cu_device_info(char *name, size_t name_len, size_t *free_bytes, size_t *tota
     if (total_bytes) *total_bytes = t;
     return n;
 }
+
+int cu_device_count(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return n;
+}
+
+#if defined(MOE_CUDA_HARNESS)
+// every process of the harness models a GPU of its own (data parallelism runs as processes)
+int cu_select_device(int index) { return index >= 0 ? 0 : -1; }
+#else
+int cu_select_device(int index) {
+    int n = cu_device_count();
+    if (index < 0 || index >= n) return -1;
+    if (cudaSetDevice(index) != cudaSuccess) {
+        cudaGetLastError();
+        return -1;
+    }
+    return 0;
+}
+#endif
 
 int cu_compute_capability(void) {
 #if defined(MOE_CUDA_HARNESS)
