@@ -19,5 +19,10 @@ if [ $rc -eq 0 ] && [ "$n" -eq 3 ] && echo "$out" | grep -q "memory plan"; then 
 out=$(OMP_NUM_THREADS=1 "$bin" -config tiny -steps 2 -prec bf16 2>&1); rc=$?
 n=$(echo "$out" | grep -c "^step [0-9]*: loss [0-9.]*")
 if [ $rc -eq 0 ] && [ "$n" -eq 2 ]; then echo "PASS cuda_bench_tiny_bf16"; else echo "FAIL cuda_bench_tiny_bf16: rc $rc: $(echo "$out" | tail -2)"; fi
+out=$(OMP_NUM_THREADS=1 "$bin" -config tiny -steps 2 -prec fp16 -recompute 1 2>&1); rc=$?
+n=$(echo "$out" | grep -c "^step [0-9]*: loss [0-9.]*")
+if [ $rc -eq 0 ] && [ "$n" -eq 2 ] && echo "$out" | grep -q "precision fp16, recompute"; then echo "PASS cuda_bench_tiny_fp16_recompute"; else echo "FAIL cuda_bench_tiny_fp16_recompute: rc $rc: $(echo "$out" | tail -2)"; fi
+out=$("$bin" -config gpu -steps 0 2>&1); rc=$?
+if [ $rc -eq 0 ] && echo "$out" | grep -q "total 6.97 GiB"; then echo "PASS cuda_bench_default_gpu_plan (bf16: $(echo "$out" | grep -o 'total [0-9.]* GiB'))"; else echo "FAIL cuda_bench_default_gpu_plan: rc $rc: $out"; fi
 out=$("$bin" -prec fp8 2>&1); rc=$?
 if [ $rc -ne 0 ] && echo "$out" | grep -q "prec must be"; then echo "PASS cuda_bench_rejects_bad_precision"; else echo "FAIL cuda_bench_rejects_bad_precision: rc $rc: $out"; fi

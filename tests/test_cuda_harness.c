@@ -1,7 +1,10 @@
 // Tests of the CUDA-on-CPU harness itself (tests/cuda_harness): warp shuffle and vote
 // semantics, block reductions with __syncthreads, shared memory poisoning between blocks,
-// missing barriers, dynamic shared memory, atomics, and the errors it must report
-// (divergent barriers, deadlocks, bad masks, bad launch configurations).
+// missing barriers, dynamic shared memory, atomics, the WMMA model (a known 16x16x16 product
+// in every layout, fp32 accumulation in k order, fill rounding, a store without __syncwarp), and
+// the errors it must report (divergent barriers, deadlocks, bad masks, bad launch
+// configurations, divergent / non-uniform / misaligned / bad-ldm wmma calls, wmma in a partial
+// warp, wmma on a shared array that was not declared 32-byte aligned).
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +13,7 @@
 
 #include "../common/util.h"
 #include "cuda_harness/harness_kernels.h"
+#include "cuda_test_util.h"  // host fp16 / bf16 conversions (f2h, h2f, f2bf, bf2f)
 #include "test.h"
 
 static void test_shuffles(void) {
@@ -149,6 +153,84 @@ static void test_atomics(void) {
     test_end();
 }
 
+// ---- WMMA ------------------------------------------------------------------------------------
+
+static uint16_t to16(float x, int is_bf16) { return is_bf16 ? f2bf(x) : f2h(x); }
+static float from16(uint16_t h, int is_bf16) { return is_bf16 ? bf2f(h) : h2f(h); }
+
+// d = a b + c for every combination of layouts, both 16-bit types: small integers (the product
+// is exact, so the result must be equal), then random values against the documented model (16
+// exact products added to c one after another in k order, in fp32: bit for bit) and against a
+// double reference within the fp32 bound; flag 16 fills a with 0.1, which must be rounded to T
+static void test_wmma_product(void) {
+    test_begin("harness_wmma_product_layouts_types");
+    uint64_t r = 7;
+    for (int is_bf16 = 0; is_bf16 < 2; is_bf16++)
+        for (int flags = 0; flags < 32; flags++)
+            for (int integer = 0; integer < 2; integer++) {
+                float a[16][16], b[16][16], c[16][16], out[256];
+                uint16_t am[256], bm[256];
+                float cm[256];
+                for (int i = 0; i < 16; i++)
+                    for (int j = 0; j < 16; j++) {
+                        float x = integer ? (float)((int)(rng_next_u64(&r) % 9) - 4) : 2.0f * rng_uniform(&r) - 1.0f;
+                        float y = integer ? (float)((int)(rng_next_u64(&r) % 9) - 4) : 2.0f * rng_uniform(&r) - 1.0f;
+                        a[i][j] = from16(to16(x, is_bf16), is_bf16);  // a[m][k]
+                        b[i][j] = from16(to16(y, is_bf16), is_bf16);  // b[k][n]
+                        c[i][j] = integer ? (float)(i - j) : 2.0f * rng_uniform(&r) - 1.0f;
+                    }
+                if (flags & 16)
+                    for (int i = 0; i < 16; i++)
+                        for (int k = 0; k < 16; k++) a[i][k] = from16(to16(0.1f, is_bf16), is_bf16);
+                for (int i = 0; i < 16; i++)
+                    for (int j = 0; j < 16; j++) {
+                        am[(flags & 1) ? j * 16 + i : i * 16 + j] = to16(a[i][j], is_bf16);
+                        bm[(flags & 2) ? j * 16 + i : i * 16 + j] = to16(b[i][j], is_bf16);
+                        cm[(flags & 4) ? j * 16 + i : i * 16 + j] = c[i][j];
+                    }
+                for (int i = 0; i < 256; i++) out[i] = -7.0f;
+                hk_wmma_product(out, am, bm, cm, is_bf16, flags);
+                int bad = 0;
+                for (int i = 0; i < 16 && !bad; i++)
+                    for (int j = 0; j < 16 && !bad; j++) {
+                        float got = out[(flags & 8) ? j * 16 + i : i * 16 + j];
+                        float seq = c[i][j];
+                        double ref = c[i][j], mag = fabs(c[i][j]);
+                        for (int k = 0; k < 16; k++) {
+                            seq += a[i][k] * b[k][j];
+                            ref += (double)a[i][k] * b[k][j];
+                            mag += fabs((double)a[i][k] * b[k][j]);
+                        }
+                        // integers (with the 0.1 fill too) are exact; random values: the model's order
+                        // bit for bit, and within 16 fp32 roundings of the double sum
+                        int ok = integer ? got == (float)ref : got == seq;
+                        ok = ok && fabs(got - ref) <= 17.0 * mag / 16777216.0;
+                        if (!ok) {
+                            CHECK(0, "%s flags %d %s: d[%d][%d] = %.9g, sequential fp32 %.9g, double %.9g",
+                                  is_bf16 ? "bf16" : "fp16", flags, integer ? "integers" : "random", i, j, got, seq, ref);
+                            bad = 1;
+                        }
+                    }
+            }
+    test_end();
+}
+
+// store_matrix_sync writes each lane's part when that lane resumes: a read of the whole tile
+// right after it sees poison unless a __syncwarp separates them
+static void test_wmma_store_race(void) {
+    test_begin("harness_wmma_store_without_syncwarp_visible");
+    float out[32];
+    for (int rep = 0; rep < 2; rep++) {  // both thread orders
+        hk_wmma_store_race(out, 0);
+        int nan = 0;
+        for (int l = 0; l < 32; l++) nan += isnan(out[l]) != 0;
+        CHECK(nan > 0, "launch %d without __syncwarp: no lane read poison", rep);
+        hk_wmma_store_race(out, 1);
+        for (int l = 0; l < 32; l++) CHECK(out[l] == 512.0f, "with __syncwarp lane %d sums %g (expected 512)", l, out[l]);
+    }
+    test_end();
+}
+
 // a launch that must fail with a message containing `want`
 static void expect_error(const char *name, void (*fn)(float *), const char *want) {
     test_begin(name);
@@ -207,6 +289,14 @@ int main(void) {
     expect_error("harness_detects_deadlock", hk_warp_deadlock, "deadlock");
     expect_error("harness_detects_full_mask_in_partial_warp", hk_partial_mask, "do not exist");
     expect_error("harness_rejects_bad_launch", hk_bad_launch, "block size out of range");
+    test_wmma_product();
+    test_wmma_store_race();
+    expect_error("harness_wmma_detects_divergent_call", hk_wmma_divergent, "divergent warp operations");
+    expect_error("harness_wmma_detects_bad_ldm", hk_wmma_bad_ldm, "ldm 12 is not a multiple of 8");
+    expect_error("harness_wmma_detects_misaligned_pointer", hk_wmma_misaligned, "is not 32-byte aligned");
+    expect_error("harness_wmma_plain_shared_array_not_32_byte_aligned", hk_wmma_plain_shared, "is not 32-byte aligned");
+    expect_error("harness_wmma_detects_non_uniform_pointer", hk_wmma_nonuniform, "must be the same in every lane");
+    expect_error("harness_wmma_detects_partial_warp", hk_wmma_partial_warp, "do not exist");
     test_stack_overflow();
     // the harness still works after recorded errors
     test_shuffles();

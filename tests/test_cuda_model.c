@@ -17,6 +17,12 @@
 #include "cuda_test_util.h"
 #include "test.h"
 
+// the tokens of the half-precision step tests: a draw whose routing has no near tie that bf16
+// or fp16 noise flips through the harness (see test_half_case)
+#ifndef MOE_HALF_SEED
+#define MOE_HALF_SEED 12
+#endif
+
 // compare a whole buffer tensor by tensor; one line per bad tensor
 static int check_tensors(const char *what, const Model *cpu, const float *got, const float *ref, double atol,
                          double rtol) {
@@ -205,7 +211,7 @@ static void test_half_case(const char *name, int dt, ModelConfig *c, int B, int 
     for (int i = 0; i < cpu.n_blocks * E; i++) cpu.bias[i] = 0.01f * (float)((i * 3) % 5 - 2);
     cuda_model_upload_bias(gm, cpu.bias);
     int *in = (int *)mallocCheck(sizeof(int) * N), *tg = (int *)mallocCheck(sizeof(int) * N);
-    uint64_t rng = rng_seed(11);
+    uint64_t rng = rng_seed(MOE_HALF_SEED);
     for (int n = 0; n < N; n++) {
         in[n] = (int)(rng_next_u64(&rng) % (uint64_t)c->vocab_size);
         tg[n] = n % 7 == 3 ? -1 : (int)(rng_next_u64(&rng) % (uint64_t)c->vocab_size);
@@ -232,20 +238,40 @@ static void test_half_case(const char *name, int dt, ModelConfig *c, int B, int 
     cuda_model_backward(gm);
     float *g = (float *)mallocCheck(sizeof(float) * np);
     cuda_model_download_grads(gm, g);
+    // The routing decisions of a random tiny model include near ties, and half-precision noise
+    // can flip one: a token moved to another expert changes that expert's, the router's and the
+    // layer norm's gradients by a large fraction, and every other gradient a little. The tokens
+    // are drawn so that nothing flips through the harness (deterministic), where the gradients
+    // are then checked strictly; on a GPU (other summation orders) a flip relaxes the check.
+    int flipped = 0, K = c->top_k;
+    int *sel = (int *)mallocCheck(sizeof(int) * (size_t)N * K);
+    for (int i = 0; i < cpu.n_moe; i++) {
+        cuda_model_download_routing(gm, i, sel);
+        const int *ref = cpu.acts[cpu.moe_block[i]].sel;
+        int fl = 0;
+        for (int n = 0; n < N; n++) {
+            int same = 1;
+            for (int k = 0; k < K; k++) {
+                int found = 0;
+                for (int k2 = 0; k2 < K; k2++) found |= sel[n * K + k] == ref[n * K + k2];
+                same &= found;
+            }
+            fl += !same;
+        }
+        CHECK(fl <= N / 5, "block %d: %d of %d tokens routed differently", cpu.moe_block[i], fl, N);
+        flipped += fl;
+    }
+    free(sel);
+    int harness = !strcmp(cu_backend(), "cuda-harness");
+    CHECK(!harness || !flipped, "%d token(s) routed differently from fp32 through the harness: pick another MOE_HALF_SEED",
+          flipped);
+    if (flipped) printf("# %s: %d token(s) routed differently from fp32: gradients checked loosely\n", name, flipped);
     const char *worst_name;
     double worst = worst_tensor_error(&cpu, g, cpu.grads, &worst_name);
     printf("# %s: loss %.6f vs %.6f, worst relative gradient error %.4f (%s)\n", name, lg, lc, worst, worst_name);
-    CHECK(worst < (dt == CU_BF16 ? 0.08 : 0.02), "gradient %s differs by %.4f (relative L2)", worst_name, worst);
+    double tol = flipped ? 0.6 : dt == CU_BF16 ? 0.08 : 0.02;
+    CHECK(worst < tol, "gradient %s differs by %.4f (relative L2)", worst_name, worst);
     CHECK(worst > 1e-4, "gradients match fp32 to %.2g: %s was not used", worst, cu_dtype_name(dt));
-    // the routing decisions of a random tiny model are near ties: most, not all, must agree
-    cuda_model_fetch_stats(gm);
-    for (int i = 0; i < cpu.n_moe; i++) {
-        float load[256];
-        cuda_model_routing_stats(gm, i, load, NULL, NULL, NULL);
-        double moved = 0.0, total = 0.0;
-        for (int e = 0; e < E; e++) moved += fabs(load[e] - cpu.stats[i].load[e]), total += cpu.stats[i].load[e];
-        CHECK(moved <= 0.2 * total, "block %d: %.0f of %.0f assignments moved", cpu.moe_block[i], moved / 2, total);
-    }
     // AdamW from identical gradients: the fp32 master matches, the working copy is what the
     // master rounds to (bf16: one of its two neighbours, stochastic; fp16: nearest)
     cuda_model_upload_grads(gm, cpu.grads);
@@ -433,8 +459,10 @@ static void test_plan_matches(const char *what, const ModelConfig *pc, int PB, i
                 CHECK(d <= 64.0, "%s %s rc %d: %s allocated %zu bytes, planned %zu", what, cu_dtype_name(dt), rc,
                       names[i], a[i], b[i]);
             }
-            CHECK(free0 - free1 == got.total, "device memory used %zu != the model's own count %zu", free0 - free1,
-                  got.total);
+            // the allocator rounds every buffer up (256 bytes under the harness; more on a GPU)
+            size_t used = free0 - free1;
+            CHECK(used >= got.total && used - got.total < 64 * 1024, "device memory used %zu, the model's own count %zu",
+                  used, got.total);
             cuda_model_free(pm);
         }
 }

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The trainer's CUDA path (--device cuda), with the CUDA kernels compiled through the
 # CUDA-on-CPU harness (build/train_hx): the same losses as the CPU reference step by step,
-# checkpoints from the GPU path resume exactly, bf16 GEMMs train, and the CPU-only binary
-# refuses --device cuda with a clear message.
+# checkpoints from the GPU path resume exactly (fp32, bf16, fp16), bf16 and fp16 (dynamic loss
+# scaling, overflow handling) train, --recompute changes nothing but memory, validation writes
+# the domain/co-activation logs, and the CPU-only binary refuses --device cuda with a clear message.
 set -u
 BUILD=${BUILD:-build}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -40,7 +41,7 @@ if [ $? -ne 0 ]; then fail train_cuda_resume "$(tail -n 3 r2.log)"
 elif cmp -s <(losses runs/gpu/train.jsonl) <(losses runs/r/train.jsonl); then pass train_cuda_resume
 else fail train_cuda_resume "losses of the resumed run differ from the straight run"; fi
 
-# 3. bf16 GEMMs train (loss falls) and the checkpoint records the precision
+# 3. bf16 trains (loss falls) and the run records the precision
 if "$HX" "${TINY[@]}" --name bf --device cuda --precision bf16 -x 30 --val-every 30 > bf.log 2>&1 &&
    grep -q "precision bf16" bf.log && grep -q '"precision": "bf16"' runs/bf/run.json; then
   a=$(losses runs/bf/train.jsonl | head -1); b=$(losses runs/bf/train.jsonl | tail -1)
@@ -52,3 +53,53 @@ else fail train_cuda_bf16 "$(tail -n 3 bf.log)"; fi
 if "$CPU" "${TINY[@]}" --name x --device cuda > x.log 2>&1; then fail train_cpu_refuses_cuda "exit 0"
 elif grep -q "no CUDA backend" x.log; then pass train_cpu_refuses_cuda
 else fail train_cpu_refuses_cuda "$(cat x.log)"; fi
+
+# 5. fp16 with dynamic loss scaling trains, logs its loss scale, and records fp16
+if "$HX" "${TINY[@]}" --name h --device cuda --precision fp16 -x 30 --val-every 30 > h.log 2>&1 &&
+   grep -q "precision fp16 with dynamic loss scaling" h.log && grep -q '"precision": "fp16"' runs/h/run.json &&
+   grep -q '"loss_scale": 65536' runs/h/train.jsonl; then
+  a=$(losses runs/h/train.jsonl | head -1); b=$(losses runs/h/train.jsonl | tail -1)
+  if awk -v a="$a" -v b="$b" 'BEGIN{exit !(b < a - 0.3)}'; then pass "train_cuda_fp16 (loss $a -> $b)"
+  else fail train_cuda_fp16 "loss did not fall: $a -> $b"; fi
+else fail train_cuda_fp16 "$(tail -n 3 h.log)"; fi
+
+# 6. an fp16 loss scale far too large overflows: steps are skipped and the scale halved until
+#    it fits, without counting as divergence; the run then completes its steps
+if "$HX" "${TINY[@]}" --name ov --device cuda --precision fp16 --loss-scale 4294967296 -x 6 --val-every 0 > ov.log 2>&1; then
+  nov=$(grep -c '"reason": "fp16 overflow"' runs/ov/train.jsonl); n=$(losses runs/ov/train.jsonl | wc -l)
+  if [ "$nov" -ge 3 ] && [ "$n" -eq 6 ] && grep -q "fp16 gradient overflow at loss scale 4.29497e+09" ov.log; then
+    pass "train_cuda_fp16_overflow_halves_scale ($nov overflow steps, then 6 steps)"
+  else fail train_cuda_fp16_overflow_halves_scale "$nov overflow lines, $n steps: $(tail -n 3 ov.log)"; fi
+else fail train_cuda_fp16_overflow_halves_scale "$(tail -n 3 ov.log)"; fi
+
+# 7. bf16 (stochastic rounding of the working copy) and fp16 (loss scale) runs resume bit for bit
+for p in bf16 fp16; do
+  "$HX" "${TINY[@]}" --name s$p --device cuda --precision $p > s$p.log 2>&1 &&
+  "$HX" "${TINY[@]}" --name r$p --device cuda --precision $p --stop-after 4 > r1$p.log 2>&1 &&
+  "$HX" --resume r$p --device cuda > r2$p.log 2>&1
+  if [ $? -ne 0 ]; then fail train_cuda_resume_$p "$(tail -n 3 r2$p.log s$p.log)"
+  elif grep -q "resumed from" r2$p.log && cmp -s <(losses runs/s$p/train.jsonl) <(losses runs/r$p/train.jsonl) &&
+       [ "$(losses runs/r$p/train.jsonl | wc -l)" -eq 8 ]; then pass train_cuda_resume_$p
+  else fail train_cuda_resume_$p "losses of the resumed $p run differ from the straight run"; fi
+done
+
+# 8. --recompute gives the same losses as keeping the activations (bf16), with less memory planned
+if "$HX" "${TINY[@]}" --name rc --device cuda --precision bf16 --recompute > rc.log 2>&1 &&
+   grep -q "recomputing norms and SwiGLU" rc.log; then
+  a=$(grep -o "activations [0-9.]* MiB" sbf16.log | head -1); b=$(grep -o "activations [0-9.]* MiB" rc.log | head -1)
+  if cmp -s <(losses runs/sbf16/train.jsonl) <(losses runs/rc/train.jsonl); then pass "train_cuda_recompute_same_losses ($a -> $b)"
+  else fail train_cuda_recompute_same_losses "losses differ with --recompute"; fi
+else fail train_cuda_recompute_same_losses "$(tail -n 3 rc.log)"; fi
+
+# 9. validation on the GPU path writes the per-domain and co-activation logs, with the counts of
+#    the CPU run (fp32: the same routing decisions)
+if [ -s runs/gpu/domains.jsonl ] && [ -s runs/gpu/coact.jsonl ]; then
+  if cmp -s runs/cpu/domains.jsonl runs/gpu/domains.jsonl && cmp -s runs/cpu/coact.jsonl runs/gpu/coact.jsonl; then
+    pass train_cuda_domain_coact_logs
+  else fail train_cuda_domain_coact_logs "domains/coact logs of the GPU run differ from the CPU run's"; fi
+else fail train_cuda_domain_coact_logs "runs/gpu has no domains.jsonl / coact.jsonl"; fi
+
+# 10. --precision auto takes bf16 where the device has it (the harness reports compute capability 9.0)
+if "$HX" "${TINY[@]}" --name au --device cuda -x 1 --val-every 0 > au.log 2>&1 && grep -q "precision bf16" au.log; then
+  pass train_cuda_auto_precision_bf16
+else fail train_cuda_auto_precision_bf16 "$(grep device: au.log)"; fi

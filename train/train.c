@@ -39,6 +39,7 @@ static void opts_default(TrainOpts *o) {
     o->warmup_steps = 30;
     o->weight_decay = 0.1f;
     o->grad_clip = 1.0f;
+    o->loss_scale = 65536.0f;
     o->beta1 = 0.9f;
     o->beta2 = 0.95f;
     o->seed = 1337;
@@ -73,6 +74,7 @@ static int build_flags(Flag *f, TrainOpts *o) {
     FL("device", 0, FLAG_STR, o->device, "auto | cpu | cuda", 0);
     FL("precision", 0, FLAG_STR, o->precision,
        "auto (CPU: fp32; GPU: bf16 on compute capability 8.0+, else fp16 with loss scaling) | fp32 | bf16 | fp16", 0);
+    FL("loss-scale", 0, FLAG_FLOAT, &o->loss_scale, "fp16: initial dynamic loss scale (halved on overflow, doubled after 2000 good steps)", 0);
     FL("recompute", 0, FLAG_BOOL, &o->recompute, "GPU: recompute norms and SwiGLU in backward (less memory, same result)", 0);
     FL("runs-dir", 0, FLAG_STR, o->runs_dir, "folder of run logs", 0);
     FL("ckpt-dir", 0, FLAG_STR, o->ckpt_dir, "folder of checkpoints", 0);

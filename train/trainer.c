@@ -226,7 +226,7 @@ static int eng_open(Engine *e, Model *m, const TrainOpts *o, int B, int T, MoeEr
             if (cuda_plan_check(&plan, free_b, B, o->recompute, err) != 0) return -1;
             if (cuda_model_create(&e->cm, &m->cfg, B, T, prec, o->recompute, err) != 0) return -1;
             e->precision = prec;
-            if (prec == PREC_FP16) loss_scaler_init(&e->ls, 65536.0f, 2000);
+            if (prec == PREC_FP16) loss_scaler_init(&e->ls, o->loss_scale, 2000);
             e->sel_host = (int *)mallocCheck(sizeof(int) * (size_t)(m->n_moe > 0 ? m->n_moe : 1) * e->N * m->cfg.top_k);
             eng_to_device(e);
             return 0;
@@ -296,7 +296,7 @@ static int shape_field_differs(const char *flag, const ModelConfig *a, const Mod
     return 0;
 }
 
-static const char *resume_allowed[] = {"resume", "name", "max-steps", "precision", "recompute", "val-every", "val-batches", "sample-every",
+static const char *resume_allowed[] = {"resume", "name", "max-steps", "precision", "recompute", "loss-scale", "val-every", "val-batches", "sample-every",
                                        "sample-len", "sample-temperature", "sample-top-k", "ckpt-every", "keep-ckpts",
                                        "report-every", "log-every", "max-bad-steps", "stop-after", "tokenizer", "runs-dir",
                                        "ckpt-dir", "device", "train-data", "val-data", NULL};
@@ -491,6 +491,10 @@ int trainer_resolve_options(TrainOpts *o, Flag *flags, int nf) {
     }
     if (o->seq_len > o->cfg.max_seq_len) {
         fprintf(stderr, "error: --seq-len %d is longer than the model's max_seq_len %d\n", o->seq_len, o->cfg.max_seq_len);
+        return -1;
+    }
+    if (!(o->loss_scale >= 1.0f) || !isfinite(o->loss_scale)) {
+        fprintf(stderr, "error: --loss-scale must be a finite number >= 1, got %g\n", o->loss_scale);
         return -1;
     }
     if (!(o->lr > 0) || o->min_lr < 0 || o->warmup_steps < 0 || o->weight_decay < 0 || o->grad_clip < 0 ||
@@ -787,8 +791,9 @@ static void write_run_json(const char *run_dir, const TrainOpts *o, const Model 
     fprintf(fp, ", \"tokenizer\": ");
     json_str(fp, o->tokenizer);
     fprintf(fp, ", \"val_every\": %d, \"val_batches\": %d, \"sample_every\": %d, \"ckpt_every\": %d, \"keep_ckpts\": %d, "
-                "\"report_every\": %d, \"log_every\": %d",
-            o->val_every, o->val_batches, o->sample_every, o->ckpt_every, o->keep_ckpts, o->report_every, o->log_every);
+                "\"report_every\": %d, \"log_every\": %d, \"recompute\": %s",
+            o->val_every, o->val_batches, o->sample_every, o->ckpt_every, o->keep_ckpts, o->report_every, o->log_every,
+            o->recompute ? "true" : "false");
     fprintf(fp, "},\n \"domains\": [");
     for (int d = 0; d < dataloader_n_domains(dl); d++) {
         if (d) fprintf(fp, ", ");

@@ -18,7 +18,7 @@ typedef struct {
     char score_func_s[FLAG_STR_LEN], balance_s[FLAG_STR_LEN];
     int keep_optimizer, overwrite, recompute;
     int batch_size, seq_len, grad_accum, max_steps, warmup_steps;
-    float lr, min_lr, weight_decay, grad_clip, beta1, beta2;
+    float lr, min_lr, weight_decay, grad_clip, beta1, beta2, loss_scale;
     uint64_t seed;
     int val_every, val_batches, sample_every, sample_len, sample_top_k;
     float sample_temperature;

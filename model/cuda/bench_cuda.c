@@ -20,7 +20,7 @@ static void usage(FILE *fp) {
             "  -config NAME   tiny | gpu (dim 768, 10 layers, 8+1 experts, top-2, context 1024)   default gpu\n"
             "  -B N           micro-batch (sequences)                                              default: the config's\n"
             "  -T N           sequence length                                                      default: the config's\n"
-            "  -steps N       training steps to time                                               default 10\n"
+            "  -steps N       training steps to time (0: print the memory plan and exit)          default 10\n"
             "  -prec P        fp32 | bf16 | fp16 (activations and GEMM operands; fp32 master)    default bf16 (fp16 before sm_80)\n"
             "  -recompute N   1: recompute norms and SwiGLU in backward                          default 0\n"
             "  -seed N        weights and tokens                                                   default 1\n"
@@ -55,7 +55,7 @@ int main(int argc, char **argv) {
         if (!strcmp(a, "-config")) config = v;
         else if (!strcmp(a, "-B")) B = parse_int(a, v, 1, 4096);
         else if (!strcmp(a, "-T")) T = parse_int(a, v, 1, 1 << 20);
-        else if (!strcmp(a, "-steps")) steps = parse_int(a, v, 1, 1000000);
+        else if (!strcmp(a, "-steps")) steps = parse_int(a, v, 0, 1000000);
         else if (!strcmp(a, "-seed")) seed = parse_int(a, v, 0, 1 << 30);
         else if (!strcmp(a, "-recompute")) recompute = parse_int(a, v, 0, 1);
         else if (!strcmp(a, "-prec")) {
@@ -109,6 +109,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "error: %s\n", err.msg);
         return EXIT_FAILURE;
     }
+    if (steps == 0) return 0;
     CudaModel *m = NULL;
     if (cuda_model_create(&m, &c, B, T, prec, recompute, &err) != 0) {
         fprintf(stderr, "error: %s\n", err.msg);

@@ -43,11 +43,16 @@ static inline void cuda_check_(cudaError_t e, const char *file, int line) {
 
 // ---- shared memory ---------------------------------------------------------------------------
 // Declare shared memory only through these (raw __shared__ is a compile error under the harness,
-// which gives every block fresh, poisoned shared memory instead).
+// which gives every block fresh, poisoned shared memory instead). SHARED_ARRAY / SHARED_ARRAY2 /
+// DYNAMIC_SHARED are only guaranteed the alignment of their type (under the harness: 16 bytes,
+// never 32); the _ALIGNED forms take an alignment in bytes (a power of two, 16..256; wmma tiles
+// need 32).
 #if !defined(MOE_CUDA_HARNESS)
 #define SHARED_ARRAY(type, name, n) __shared__ type name[n]
 #define SHARED_ARRAY2(type, name, n0, n1) __shared__ type name[n0][n1]
 #define DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#define SHARED_ARRAY_ALIGNED(type, name, n, align) __shared__ __align__(align) type name[n]
+#define SHARED_ARRAY2_ALIGNED(type, name, n0, n1, align) __shared__ __align__(align) type name[n0][n1]
 #endif
 
 // ---- helpers ----------------------------------------------------------------------------------

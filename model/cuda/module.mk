@@ -43,11 +43,11 @@ HX_CXXFLAGS := -x c++ -std=c++17 $(OPT) -Wall -Wextra -fopenmp -DMOE_CUDA_HARNES
 
 ifneq ($(HAVE_CUDA_HEADERS),)
 # .cu -> host object through the harness
-$(BUILD)/cuh/%.o: %.cu tests/cuda_harness/cuda_harness.h $(wildcard model/cuda/*.cuh)
+$(BUILD)/cuh/%.o: %.cu tests/cuda_harness/cuda_harness.h tests/cuda_harness/wmma.h $(wildcard model/cuda/*.cuh)
 	@mkdir -p $(dir $@)
 	$(CXX) $(CPPFLAGS) $(HX_CXXFLAGS) -c $< -o $@
 
-$(BUILD)/cuh/tests/cuda_harness/harness.o: tests/cuda_harness/harness.cc tests/cuda_harness/cuda_harness.h
+$(BUILD)/cuh/tests/cuda_harness/harness.o: tests/cuda_harness/harness.cc tests/cuda_harness/cuda_harness.h tests/cuda_harness/wmma.h
 	@mkdir -p $(dir $@)
 	$(CXX) $(CPPFLAGS) -std=c++17 $(OPT) -Wall -Wextra -fopenmp -DMOE_CUDA_HARNESS -I$(CUDA_HOME)/include -c $< -o $@
 
@@ -77,13 +77,14 @@ test_cuda_harness_MODS := cudahk cudahrt common
 $(BUILD)/tests/test_cuda_harness: LDLIBS += -lstdc++
 
 # the kernels and the whole model against the CPU reference, through the harness
-CUDA_CMP_TESTS := test_cuda_layers test_cuda_attention test_cuda_attention_cudnn test_cuda_moe test_cuda_model
+CUDA_CMP_TESTS := test_cuda_layers test_cuda_attention test_cuda_attention_cudnn test_cuda_moe test_cuda_grouped_tc test_cuda_model
 TEST_PROGS += $(CUDA_CMP_TESTS)
 $(foreach t,$(CUDA_CMP_TESTS),$(eval $(t)_SRCS := tests/$(t).c))
 test_cuda_layers_MODS := $(HX_CORE) cudahrt cudaplan model common
 test_cuda_attention_MODS := hx_attention $(HX_CORE) cudahrt cudaplan model common
 test_cuda_attention_cudnn_MODS := hx_attention_cudnn hx_attention $(HX_CORE) cudahrt cudaplan model common
 test_cuda_moe_MODS := hx_moe $(HX_CORE) cudahrt cudaplan model common
+test_cuda_grouped_tc_MODS := hx_grouped_tc $(HX_CORE) cudahrt cudaplan model common
 test_cuda_model_MODS := cudahx cudahrt cudaplan model common
 $(CUDA_CMP_TESTS:%=$(BUILD)/tests/%): LDLIBS += -lstdc++
 
@@ -122,7 +123,7 @@ $(BUILD)/nvcc-fat/%.o: %.cu $(CUDA_HDRS)
 # every .cu file as a fat object for sm_75 sm_80 sm_86 sm_89 sm_90
 cuda: $(CUDA_SRCS:%.cu=$(BUILD)/nvcc-fat/%.o)
 
-CUDA_CMP_TESTS ?= test_cuda_layers test_cuda_attention test_cuda_attention_cudnn test_cuda_moe test_cuda_model
+CUDA_CMP_TESTS ?= test_cuda_layers test_cuda_attention test_cuda_attention_cudnn test_cuda_moe test_cuda_grouped_tc test_cuda_model
 $(BUILD)/gpu/%: tests/%.c $(CUDA_SRCS:%.cu=$(BUILD)/nvcc-fat/%.o) $(BUILD)/lib/libcudaplan.a $(BUILD)/lib/libmodel.a \
 		$(BUILD)/lib/libcommon.a
 	@mkdir -p $(dir $@)

@@ -123,12 +123,23 @@ int cuda_plan(const ModelConfig *c, int B, int T, int precision, int recompute, 
     return 0;
 }
 
+// MiB with one decimal below 100 (tiny test configs), whole MiB above
+static void mib(FILE *fp, const char *what, size_t bytes) {
+    double v = (double)bytes / (1024.0 * 1024.0);
+    fprintf(fp, v < 100.0 ? "%s %.1f MiB" : "%s %.0f MiB", what, v);
+}
+
 void cuda_plan_print(const CudaPlan *p, FILE *fp) {
-    double M = 1024.0 * 1024.0;
-    fprintf(fp, "memory plan: %.1fM params | weights %.0f MiB, master %.0f MiB, AdamW %.0f MiB, grads %.0f MiB, "
-                "activations %.0f MiB, logits %.0f MiB, scratch %.0f MiB, workspace+context %.0f MiB | total %.2f GiB\n",
-            (double)p->num_params / 1e6, p->params / M, p->master / M, p->optimizer / M, p->grads / M, p->acts / M,
-            p->logits / M, p->scratch / M, (p->workspace + p->overhead) / M, p->total / (M * 1024.0));
+    fprintf(fp, "memory plan: %.1fM params | ", (double)p->num_params / 1e6);
+    mib(fp, "weights", p->params);
+    mib(fp, ", master", p->master);
+    mib(fp, ", AdamW", p->optimizer);
+    mib(fp, ", grads", p->grads);
+    mib(fp, ", activations", p->acts);
+    mib(fp, ", logits", p->logits);
+    mib(fp, ", scratch", p->scratch);
+    mib(fp, ", workspace+context", p->workspace + p->overhead);
+    fprintf(fp, " | total %.2f GiB\n", p->total / (1024.0 * 1024.0 * 1024.0));
 }
 
 int cuda_plan_check(const CudaPlan *p, size_t free_bytes, int B, int recompute, MoeErr *err) {

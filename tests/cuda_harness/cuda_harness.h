@@ -19,7 +19,19 @@
 //   - shared memory (SHARED_ARRAY / SHARED_ARRAY2 / DYNAMIC_SHARED, see below) is fresh for every
 //     block and filled with 0xFF bytes (a NaN for float, -1 for int): a kernel that reads shared
 //     memory before writing it gives NaN / garbage, not a plausible value left by the previous
-//     block;
+//     block. Its alignment is what a GPU guarantees: 16 bytes and deliberately never 32, unless
+//     declared with SHARED_ARRAY_ALIGNED / SHARED_ARRAY2_ALIGNED (the alignment asked);
+//   - tensor cores: the WMMA subset of wmma.h (nvcuda::wmma, m16n16k16, __half / __nv_bfloat16
+//     operands, fp32 accumulators; fill_fragment, load_matrix_sync, mma_sync, store_matrix_sync).
+//     Each call is a warp operation of the whole warp (all 32 lanes, the same call site, the same
+//     pointer, ldm, layout and fill value, else the launch fails); load/store check the 32-byte
+//     pointer alignment and the ldm rule (a multiple of 8 elements for 16-bit types, of 4 for
+//     float) and fail loudly when violated. Every lane's fragment holds the whole 16x16 tile
+//     (the element layout is opaque to the program); mma_sync sums the 16 exact products of each
+//     output in k order in fp32 onto the accumulator; store_matrix_sync writes from each lane
+//     only the elements that lane holds on the GPU (the m16n8k16 accumulator layout), each lane
+//     at its own time, so reading another lane's part without __syncwarp shows up. Unfilled
+//     fragments are NaN;
 //   - atomics are plain read-modify-write (fibers never interleave inside one);
 //   - errors (a barrier that some threads never reach, threads exiting while others wait at
 //     __syncthreads, divergent warp operations, too many threads, too much shared memory) print
@@ -28,8 +40,11 @@
 // What it does NOT model: data races between threads between two synchronisation points (a
 // non-atomic read-modify-write by many threads looks atomic here), memory ordering / fences,
 // warp-synchronous code without __syncwarp, streams (everything is synchronous), textures,
-// cooperative groups, clusters, async copies, tensor cores. Any such construct without a
-// definition here is a compile or link error, never a silent pass.
+// cooperative groups, clusters, async copies, tensor cores beyond the WMMA subset above (other
+// shapes, int8 / tf32 / fp64 / sub-byte / half-accumulator fragments, fragment element access
+// (x[], num_elements), mma.sync / wgmma PTX), and the GPU's own order and internal precision of
+// the sum inside one mma_sync (a test of tensor-core code needs a tolerance for any fp32 order).
+// Any such construct without a definition here is a compile or link error, never a silent pass.
 #ifndef MOE_CUDA_HARNESS_H
 #define MOE_CUDA_HARNESS_H
 
@@ -76,12 +91,19 @@ extern thread_local MoeHxThreadState moe_hx_state;
 // Synchronisation and warp operations (implemented in harness.cc).
 
 enum { MOE_HX_OP_SYNCWARP = 1, MOE_HX_OP_SHFL, MOE_HX_OP_SHFL_XOR, MOE_HX_OP_SHFL_DOWN, MOE_HX_OP_SHFL_UP,
-       MOE_HX_OP_BALLOT };
+       MOE_HX_OP_BALLOT,
+       // wmma.h; from MOE_HX_OP_WMMA_FILL on: full mask, the same call site and the same value / arg
+       // in every lane
+       MOE_HX_OP_WMMA_FILL, MOE_HX_OP_WMMA_LOAD_A, MOE_HX_OP_WMMA_LOAD_B, MOE_HX_OP_WMMA_LOAD_C, MOE_HX_OP_WMMA_MMA,
+       MOE_HX_OP_WMMA_STORE };
 
 void moe_hx_syncthreads(const char *file, int line);
 // One warp operation: publishes 8 bytes and a predicate, waits for the lanes of mask, returns
 // the 8 bytes of the source lane (shuffles) or the ballot (votes).
 uint64_t moe_hx_warp_op(int op, unsigned mask, uint64_t value, int arg, int width, const char *file, int line);
+// an error of a device-side operation modelled in a header (wmma.h): fails the launch like the
+// scheduler's errors; the calling thread does not return
+void moe_hx_kernel_error(const char *file, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 #define __syncthreads() moe_hx_syncthreads(__FILE__, __LINE__)
 #define __syncwarp(...) moe_hx_syncwarp_(__FILE__, __LINE__, moe_hx_mask_(__VA_ARGS__))
@@ -118,6 +140,8 @@ unsigned moe_hx_activemask(void);
 // threads of a block get the same buffer; fresh (poisoned) for each block.
 
 void *moe_hx_shared_alloc(const void *key, size_t bytes, const char *file, int line);
+// the same with an alignment in bytes (a power of two, 16..256)
+void *moe_hx_shared_alloc_aligned(const void *key, size_t bytes, size_t align, const char *file, int line);
 void *moe_hx_dynamic_shared(void);
 #define SHARED_ARRAY(type, name, n)  \
     static const char moe_hx_key_##name = 0; \
@@ -126,6 +150,12 @@ void *moe_hx_dynamic_shared(void);
     static const char moe_hx_key_##name = 0; \
     type(*name)[n1] = (type(*)[n1])moe_hx_shared_alloc(&moe_hx_key_##name, sizeof(type) * (size_t)(n0) * (n1), __FILE__, __LINE__)
 #define DYNAMIC_SHARED(type, name) type *name = (type *)moe_hx_dynamic_shared()
+#define SHARED_ARRAY_ALIGNED(type, name, n, align) \
+    static const char moe_hx_key_##name = 0; \
+    type *name = (type *)moe_hx_shared_alloc_aligned(&moe_hx_key_##name, sizeof(type) * (size_t)(n), (align), __FILE__, __LINE__)
+#define SHARED_ARRAY2_ALIGNED(type, name, n0, n1, align) \
+    static const char moe_hx_key_##name = 0; \
+    type(*name)[n1] = (type(*)[n1])moe_hx_shared_alloc_aligned(&moe_hx_key_##name, sizeof(type) * (size_t)(n0) * (n1), (align), __FILE__, __LINE__)
 
 // ---------------------------------------------------------------------------------------
 // Atomics (fibers are cooperative: a read-modify-write is never interleaved).
@@ -178,5 +208,9 @@ extern "C" void moe_hx_clear_error(void);
 // number of kernel launches so far, and fiber context switches (for timing reports)
 extern "C" long moe_hx_launch_count(void);
 extern "C" long moe_hx_switch_count(void);
+
+// ---------------------------------------------------------------------------------------
+// Tensor cores: the WMMA subset (nvcuda::wmma; <mma.h> declares nothing outside nvcc).
+#include "wmma.h"
 
 #endif

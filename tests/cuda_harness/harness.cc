@@ -1,6 +1,7 @@
 // CUDA-on-CPU harness: the scheduler (blocks in sequence, threads as ucontext fibers), the
-// block barrier, warp operations, shared memory, and the subset of the CUDA runtime API the
-// project uses (device memory = host memory). See cuda_harness.h for the model.
+// block barrier, warp operations (also the warp-collective checks of the WMMA model, wmma.h),
+// shared memory, and the subset of the CUDA runtime API the project uses (device memory = host
+// memory). See cuda_harness.h for the model.
 #include "cuda_harness.h"
 
 #include <stdarg.h>
@@ -49,12 +50,16 @@ typedef struct {
     int op;
     const char *file;
     int line;
+    // the arguments of a wmma operation (the same in every lane)
+    uint64_t value;
+    int arg;
 } HxWarp;
 
 typedef struct {
     const void *key;
-    void *mem;
-    size_t bytes;
+    void *mem;   // what the kernel sees
+    void *base;  // the allocation
+    size_t bytes, total;
 } HxShared;
 
 static struct {
@@ -81,8 +86,8 @@ static struct {
     HxShared shared[HX_MAX_KEYS];
     int nshared;
     size_t shared_total;
-    char *dyn;
-    size_t dyn_bytes;
+    char *dyn, *dyn_base;
+    size_t dyn_bytes, dyn_total;
     // errors
     int record;
     int failed;
@@ -98,6 +103,12 @@ static const char *op_name(int op) {
         case MOE_HX_OP_SHFL_DOWN: return "__shfl_down_sync";
         case MOE_HX_OP_SHFL_UP: return "__shfl_up_sync";
         case MOE_HX_OP_BALLOT: return "__ballot_sync";
+        case MOE_HX_OP_WMMA_FILL: return "wmma::fill_fragment";
+        case MOE_HX_OP_WMMA_LOAD_A: return "wmma::load_matrix_sync (matrix_a)";
+        case MOE_HX_OP_WMMA_LOAD_B: return "wmma::load_matrix_sync (matrix_b)";
+        case MOE_HX_OP_WMMA_LOAD_C: return "wmma::load_matrix_sync (accumulator)";
+        case MOE_HX_OP_WMMA_MMA: return "wmma::mma_sync";
+        case MOE_HX_OP_WMMA_STORE: return "wmma::store_matrix_sync";
     }
     return "?";
 }
@@ -166,6 +177,23 @@ static HxThread *hx_self(const char *what, const char *file, int line) {
 static void hx_park(HxThread *t) {
     t->state = T_FAILED;
     for (;;) hx_to_scheduler(t, 0);
+}
+
+// an error found by the device-side models of cuda_harness.h / wmma.h (bad wmma alignment,
+// bad ldm): reported like the scheduler's own errors; the calling thread never returns
+void moe_hx_kernel_error(const char *file, int line, const char *fmt, ...) {
+    char msg[600];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    HxThread *t = hx_self("a device operation", file, line);
+    if (!t) {
+        hx_fail("%s at %s:%d", msg, file, line);
+        return;
+    }
+    hx_fail("thread (%u,%u,%u) at %s:%d: %s", t->tid.x, t->tid.y, t->tid.z, file, line, msg);
+    hx_park(t);
 }
 
 static void hx_check_exit(HxThread *t) {
@@ -270,15 +298,27 @@ uint64_t moe_hx_warp_op(int op, unsigned mask, uint64_t value, int arg, int widt
             hx_park(t);
         }
     }
+    int wmma = op >= MOE_HX_OP_WMMA_FILL;
+    if (wmma && mask != 0xffffffffu) {
+        hx_fail("%s at %s:%d: mask 0x%08x (wmma operations take the whole warp)", op_name(op), file, line, mask);
+        hx_park(t);
+    }
     if (w->arrived == 0) {
         w->mask = mask;
         w->op = op;
         w->file = file;
         w->line = line;
-    } else if (w->mask != mask || w->op != op) {
+        w->value = value;
+        w->arg = arg;
+    } else if (w->mask != mask || w->op != op || (wmma && (w->line != line || strcmp(w->file, file) != 0))) {
         hx_fail("divergent warp operations in warp %d: lane %d calls %s (mask 0x%08x) at %s:%d while %d lanes wait in "
                 "%s (mask 0x%08x) at %s:%d", t->warp, t->lane, op_name(op), mask, file, line, w->arrived,
                 op_name(w->op), w->mask, w->file, w->line);
+        hx_park(t);
+    } else if (wmma && (w->value != value || w->arg != arg)) {
+        hx_fail("%s at %s:%d: lane %d passes (0x%llx, %d) while %d lanes passed (0x%llx, %d): the pointer, ldm, "
+                "layout and fill value of a wmma operation must be the same in every lane", op_name(op), file, line,
+                t->lane, (unsigned long long)value, arg, w->arrived, (unsigned long long)w->value, w->arg);
         hx_park(t);
     }
     t->op = op;
@@ -303,7 +343,7 @@ uint64_t moe_hx_warp_op(int op, unsigned mask, uint64_t value, int arg, int widt
         HxThread *u = &H.threads[t->warp * 32 + l];
         if (op == MOE_HX_OP_BALLOT) {
             u->result = ballot;
-        } else if (op == MOE_HX_OP_SYNCWARP) {
+        } else if (op == MOE_HX_OP_SYNCWARP || wmma) {
             u->result = 0;
         } else {
             int src = hx_src_lane(u);
@@ -323,7 +363,41 @@ uint64_t moe_hx_warp_op(int op, unsigned mask, uint64_t value, int arg, int widt
 // ---------------------------------------------------------------------------------------
 // shared memory
 
+// Alignment of shared memory, as a GPU guarantees it: an array declared with an alignment
+// (SHARED_ARRAY_ALIGNED, __align__ on the GPU) gets (at least) that; any other array, and dynamic
+// shared memory, is 16-byte aligned (what float4 / uint4 accesses need) and deliberately NOT
+// 32-byte aligned, so that code which needs 32 bytes (wmma tiles) without asking for it fails
+// here every time instead of by luck on some GPU. Slack around the array is poisoned for ASan.
+static char *hx_aligned_alloc(size_t bytes, size_t align, size_t *total, char **base) {
+    size_t a = align ? align : 64, lead = align ? 0 : 16;
+    *total = (lead + bytes + a - 1) / a * a;
+    *base = (char *)aligned_alloc(a, *total);
+    if (!*base) {
+        fprintf(stderr, "cuda harness: out of memory\n");
+        abort();
+    }
+    char *mem = *base + lead;
+#ifdef HX_ASAN
+    if (lead) __asan_poison_memory_region(*base, lead);
+    __asan_poison_memory_region(mem + bytes, *total - lead - bytes);
+#endif
+    return mem;
+}
+static void hx_aligned_free(char *base, size_t total) {
+    if (!base) return;
+#ifdef HX_ASAN
+    __asan_unpoison_memory_region(base, total);
+#else
+    (void)total;
+#endif
+    free(base);
+}
+
 void *moe_hx_shared_alloc(const void *key, size_t bytes, const char *file, int line) {
+    return moe_hx_shared_alloc_aligned(key, bytes, 0, file, line);
+}
+
+void *moe_hx_shared_alloc_aligned(const void *key, size_t bytes, size_t align, const char *file, int line) {
     HxThread *t = hx_self("SHARED_ARRAY", file, line);
     if (!t) return NULL;
     for (int i = 0; i < H.nshared; i++)
@@ -337,14 +411,19 @@ void *moe_hx_shared_alloc(const void *key, size_t bytes, const char *file, int l
                 bytes, H.shared_total + bytes, HX_MAX_SHARED);
         hx_park(t);
     }
-    void *mem = malloc(bytes);  // its own allocation: ASan catches out-of-bounds shared accesses
-    if (!mem) {
-        fprintf(stderr, "cuda harness: out of memory\n");
-        abort();
+    if (align != 0 && (align < 16 || align > 256 || (align & (align - 1)) != 0)) {
+        hx_fail("shared array at %s:%d: alignment %zu is not a power of two in 16..256", file, line, align);
+        hx_park(t);
     }
+    // its own allocation: ASan catches out-of-bounds shared accesses
+    size_t total;
+    char *base;
+    char *mem = hx_aligned_alloc(bytes, align, &total, &base);
     memset(mem, 0xFF, bytes);  // poison: NaN for floats, -1 for ints
     H.shared[H.nshared].key = key;
     H.shared[H.nshared].mem = mem;
+    H.shared[H.nshared].base = base;
+    H.shared[H.nshared].total = total;
     H.shared[H.nshared].bytes = bytes;
     H.nshared++;
     H.shared_total += bytes;
@@ -362,7 +441,7 @@ void *moe_hx_dynamic_shared(void) {
 }
 
 static void hx_free_block_shared(void) {
-    for (int i = 0; i < H.nshared; i++) free(H.shared[i].mem);
+    for (int i = 0; i < H.nshared; i++) hx_aligned_free((char *)H.shared[i].base, H.shared[i].total);
     H.nshared = 0;
     H.shared_total = 0;
 }
@@ -504,7 +583,7 @@ void moe_hx_launch_impl(const char *kernel, const char *file, int line, dim3 gri
     H.fn = fn;
     H.arg = arg;
     H.dyn_bytes = smem;
-    H.dyn = smem ? (char *)malloc(smem) : NULL;
+    H.dyn = smem ? hx_aligned_alloc(smem, 0, &H.dyn_total, &H.dyn_base) : NULL;
     H.active = 1;
     H.failed = 0;
     moe_hx_state.gdim = grid;
@@ -531,8 +610,8 @@ void moe_hx_launch_impl(const char *kernel, const char *file, int line, dim3 gri
                 }
                 hx_free_block_shared();
             }
-    free(H.dyn);
-    H.dyn = NULL;
+    if (H.dyn) hx_aligned_free(H.dyn_base, H.dyn_total);
+    H.dyn = H.dyn_base = NULL;
     H.dyn_bytes = 0;
     H.active = 0;
 }
