@@ -6,6 +6,7 @@ extern "C" {
 #include "../model.h"  // C declarations first: config.h must get C linkage
 }
 
+#include "attention_cudnn.h"
 #include "cuda_common.cuh"
 #include "cuda_model.h"
 #include "cuda_ops.h"
@@ -74,6 +75,7 @@ struct CudaModel {
     float *dmx, *dcat, *den, *dhn, *demb;
     int *mtp_targets, *mtp_emb_tok;
     float grad_scale;  // loss scale of backward (1 unless fp16 loss scaling)
+    int use_cudnn;     // attention through cuDNN's SDPA where it accepts the call (else the flash kernels)
     size_t bytes[CAT_N];
     // last forward
     float ce_loss, aux_loss, mtp_loss, loss;
@@ -437,6 +439,13 @@ void cuda_model_free(CudaModel *m) {
 }
 
 size_t cuda_model_num_params(const CudaModel *m) { return m->num_params; }
+
+int cuda_model_use_cudnn_attention(CudaModel *m, int on, int B, int T, const char **reason) {
+    const ModelConfig *c = &m->cfg;
+    m->use_cudnn = on && cu_cudnn_attention_supported(B, T, c->n_heads, cfg_qk_head_dim(c), c->v_head_dim, m->dt);
+    if (reason) *reason = on ? cu_cudnn_attention_reason() : "not asked for";
+    return m->use_cudnn;
+}
 int cuda_model_precision(const CudaModel *m) { return m->dt; }
 
 void cuda_model_allocated(const CudaModel *m, CudaPlan *p) {
@@ -530,7 +539,8 @@ static void attention_block_forward(CudaModel *m, const LayerParams *lp, DevBloc
                        (const TT *)m->kv, (const TT *)b->kva, N, H, nope, rope, dv, kvr));
     cu_rope_apply(aoff(m, b->kf, nope), dt, N, H, H * dqk, dqk, rope, m->pos, c->rope_theta, 0);
     float scale = 1.0f / sqrtf((float)dqk);
-    cu_attention_forward(b->atto, b->lse, b->q, b->kf, b->vf, B, T, H, dqk, dv, scale, dt);
+    if (!m->use_cudnn || cu_cudnn_attention_forward(b->atto, b->lse, b->q, b->kf, b->vf, B, T, H, dqk, dv, scale, dt))
+        cu_attention_forward(b->atto, b->lse, b->q, b->kf, b->vf, B, T, H, dqk, dv, scale, dt);
     mm_fwd(m, b->x_mid, CU_F32, b->atto, lp->wo, N, H * dv, C);
     cu_residual_rmsnorm_forward(b->x_mid, b->ln2, dt, b->ln2_rstd, b->x_mid, b->x_in, lp->ffn_norm, N, C, c->norm_eps);
 }
@@ -630,8 +640,10 @@ static void attention_block_backward(CudaModel *m, int l, float *dx) {
     cu_zero(m->dvf, sizeof(float) * (size_t)N * H * dv);
     float scale = 1.0f / sqrtf((float)dqk);
     // the forward output of the attention is atto (its row sums with dout are the softmax terms)
-    cu_attention_backward(m->dqf, m->dkf, m->dvf, m->att_scr, m->datto, b->atto, b->lse, b->q, b->kf, b->vf, B, T, H,
-                          dqk, dv, scale, dt);
+    if (!m->use_cudnn || cu_cudnn_attention_backward(m->dqf, m->dkf, m->dvf, m->datto, b->atto, b->lse, b->q, b->kf,
+                                                     b->vf, B, T, H, dqk, dv, scale, dt))
+        cu_attention_backward(m->dqf, m->dkf, m->dvf, m->att_scr, m->datto, b->atto, b->lse, b->q, b->kf, b->vf, B, T, H,
+                              dqk, dv, scale, dt);
     cu_rope_apply(m->dqf + nope, CU_F32, N, H, H * dqk, dqk, rope, m->pos, c->rope_theta, 1);
     cu_rope_apply(m->dkf + nope, CU_F32, N, H, H * dqk, dqk, rope, m->pos, c->rope_theta, 1);
     cu_zero(m->dkva, sizeof(float) * (size_t)N * (kvr + rope));
