@@ -44,21 +44,6 @@ static void test_accumulate(int dt) {
 }
 
 // lse (B, H, T) in double from the (rounded) q, k: log sum_{s <= t} exp(scale q_t . k_s)
-static double lse_ref(const float *q, const float *k, int T, int H, int dqk, float scale, int b, int h, int t) {
-    const float *qt = q + (((size_t)b * T + t) * H + h) * dqk;
-    double mx = -1e300, sum = 0.0;
-    for (int pass = 0; pass < 2; pass++)  // the maximum, then the sum
-        for (int s = 0; s <= t; s++) {
-            const float *ks = k + (((size_t)b * T + s) * H + h) * dqk;
-            double d = 0.0;
-            for (int i = 0; i < dqk; i++) d += (double)qt[i] * ks[i];
-            d *= scale;
-            if (pass == 0) mx = d > mx ? d : mx;
-            else sum += exp(d - mx);
-        }
-    return mx + log(sum);
-}
-
 // relative L2 distance of two increments (got - init, ref - init): the gradient's error without
 // the accumulator it was added to
 static double inc_rel_l2(const float *got, const float *ref, const float *init, size_t n) {
@@ -191,17 +176,8 @@ static void test_cudnn_case(int B, int T, int H, int dqk, int dv, int dt) {
 }
 
 int main(void) {
-    omp_set_num_threads(1);  // see test_cuda_attention.c: the harness's fibers need the cores
-    rng = rng_seed(4321);
-    char dev[256];
-    size_t free_b = 0, total_b = 0;
-    int ndev = cu_device_info(dev, sizeof dev, &free_b, &total_b);
-    printf("# backend %s, %d device(s): %s, %.0f MiB free of %.0f MiB; cuDNN %zu\n", cu_backend(), ndev, dev,
-           free_b / 1048576.0, total_b / 1048576.0, cu_cudnn_version());
-    if (ndev < 1) {
-        test_skip("cuda_attention_cudnn", "no CUDA device visible");
-        return test_summary();
-    }
+    if (!cuda_test_start("cuda_attention_cudnn", 4321)) return test_summary();
+    printf("# cuDNN %zu\n", cu_cudnn_version());
     test_accumulate(CU_F32);
     test_accumulate(CU_BF16);
     test_accumulate(CU_F16);

@@ -504,19 +504,7 @@ static void test_adamw_working_copy(int dt) {
 }
 
 int main(void) {
-    // tiny sizes: one OpenMP thread (idle OpenMP workers spinning between the CPU reference's
-    // calls would take the cores from the harness's fibers)
-    omp_set_num_threads(1);
-    rng = rng_seed(1234);
-    char dev[256];
-    size_t free_b = 0, total_b = 0;
-    int ndev = cu_device_info(dev, sizeof dev, &free_b, &total_b);
-    printf("# backend %s, %d device(s): %s, %.0f MiB free of %.0f MiB\n", cu_backend(), ndev, dev,
-           free_b / 1048576.0, total_b / 1048576.0);
-    if (ndev < 1) {
-        test_skip("cuda_layers", "no CUDA device visible");
-        return test_summary();
-    }
+    if (!cuda_test_start("cuda_layers", 1234)) return test_summary();
     test_encoder();
     for (int t = 0; t < 3; t++) {
         int dt = DTS[t];

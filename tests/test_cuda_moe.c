@@ -388,19 +388,7 @@ static void test_dispatch(int N, int K, int E, int skew, float cf) {
 }
 
 int main(void) {
-    // tiny sizes: one OpenMP thread (idle OpenMP workers spinning between the CPU reference's
-    // calls would take the cores from the harness's fibers)
-    omp_set_num_threads(1);
-    rng = rng_seed(1234);
-    char dev[256];
-    size_t free_b = 0, total_b = 0;
-    int ndev = cu_device_info(dev, sizeof dev, &free_b, &total_b);
-    printf("# backend %s, %d device(s): %s, %.0f MiB free of %.0f MiB\n", cu_backend(), ndev, dev,
-           free_b / 1048576.0, total_b / 1048576.0);
-    if (ndev < 1) {
-        test_skip("cuda_moe", "no CUDA device visible");
-        return test_summary();
-    }
+    if (!cuda_test_start("cuda_moe", 1234)) return test_summary();
     test_route("cuda_moe_route_sigmoid_bias_groups", 12, 3, 4, 2, SCORE_SIGMOID, 1);
     test_route("cuda_moe_route_sigmoid_nobias_groups", 12, 3, 4, 2, SCORE_SIGMOID, 0);
     test_route("cuda_moe_route_softmax", 9, 2, 1, 1, SCORE_SOFTMAX, 0);
