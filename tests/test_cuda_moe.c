@@ -392,6 +392,8 @@ int main(void) {
     test_route("cuda_moe_route_sigmoid_bias_groups", 12, 3, 4, 2, SCORE_SIGMOID, 1);
     test_route("cuda_moe_route_sigmoid_nobias_groups", 12, 3, 4, 2, SCORE_SIGMOID, 0);
     test_route("cuda_moe_route_softmax", 9, 2, 1, 1, SCORE_SOFTMAX, 0);
+    // more than 32 experts: the kernels instantiated for MOE_MAX_E (E <= 32 has smaller scratch)
+    test_route("cuda_moe_route_sigmoid_bias_groups_e40", 40, 6, 8, 3, SCORE_SIGMOID, 1);
     test_begin("cuda_moe_route_rejects_unsupported_sizes");
     CHECK(cu_moe_route(NULL, NULL, NULL, NULL, 4, 300, 2, 1, 1, 0, 1.0f) != 0, "E 300 accepted");
     CHECK(cu_moe_route(NULL, NULL, NULL, NULL, 4, 8, 9, 1, 1, 0, 1.0f) != 0, "K > E accepted");
@@ -412,6 +414,7 @@ int main(void) {
         }
     }
     cu_grouped_set_tensor_cores(1);
+    test_moe_ffn("cuda_moe_ffn_fwd_bwd_e40", 40, 4, 4, 2, SCORE_SIGMOID, 0.0f, CU_F32);  // routing and gate backward, E > 32
     // dispatch: around 5000 and 70000 assignments (more than 256 chunks of 256), E 7, 64, 256;
     // every case has an expert without tokens; small cases: fewer assignments than experts, and
     // a first (partial) chunk of 2 assignments with E = 256

@@ -95,16 +95,27 @@ __global__ void rmsnorm_backward_dw_final_kernel(float *dweight, const float *pa
     dweight[c] += acc;
 }
 
-// device scratch for the partial sums, grown on demand (first steps only)
-static float *dw_scratch = NULL;
-static size_t dw_scratch_floats = 0;
+// device scratch for the partial sums, grown on demand (first steps only), one per device: a
+// buffer of device 0 used from device 1 is an illegal address (or, with peer access, a race
+// between the two devices' backward passes)
+#define DW_MAX_DEVICES 64
+static float *dw_scratch[DW_MAX_DEVICES];
+static size_t dw_scratch_floats[DW_MAX_DEVICES];
 static float *get_dw_scratch(size_t n) {
-    if (n > dw_scratch_floats) {
-        if (dw_scratch) cudaCheck(cudaFree(dw_scratch));
-        cudaCheck(cudaMalloc((void **)&dw_scratch, sizeof(float) * n));
-        dw_scratch_floats = n;
+    int dev = 0;
+#if !defined(MOE_CUDA_HARNESS)  // the harness has one device
+    cudaCheck(cudaGetDevice(&dev));
+#endif
+    if (dev < 0 || dev >= DW_MAX_DEVICES) {
+        fprintf(stderr, "error: internal: cu_rmsnorm_backward on device %d (at most %d devices)\n", dev, DW_MAX_DEVICES);
+        exit(EXIT_FAILURE);
     }
-    return dw_scratch;
+    if (n > dw_scratch_floats[dev]) {
+        if (dw_scratch[dev]) cudaCheck(cudaFree(dw_scratch[dev]));  // cudaFree waits for the kernels using it
+        cudaCheck(cudaMalloc((void **)&dw_scratch[dev], sizeof(float) * n));
+        dw_scratch_floats[dev] = n;
+    }
+    return dw_scratch[dev];
 }
 
 // ---- elementwise -------------------------------------------------------------------------------
