@@ -12,11 +12,17 @@ __global__ void encoder_forward_kernel(float *out, const int *inp, const float *
     out[i] = wte[(long)inp[n] * C + c];
 }
 
-// one thread per channel, tokens in order: deterministic, same order as the CPU reference
-__global__ void encoder_backward_kernel(float *dwte, const float *dout, const int *inp, int N, int C) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
-    for (int n = 0; n < N; n++) dwte[(long)inp[n] * C + c] += dout[(long)n * C + c];
+// one block per distinct token (segment s of the plan), threads over channels; the token's
+// positions are added in position order: the CPU reference's sums, bit for bit
+__global__ void encoder_backward_kernel(float *dwte, const float *dout, const int *order, const int *seg,
+                                        const int *seg_tok, int C) {
+    int s = blockIdx.x, p0 = seg[s], p1 = seg[s + 1];
+    float *row = dwte + (long)seg_tok[s] * C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float acc = row[c];
+        for (int p = p0; p < p1; p++) acc += dout[(long)order[p] * C + c];
+        row[c] = acc;
+    }
 }
 
 // ---- RMSNorm: one warp per row ---------------------------------------------------------------
@@ -229,8 +235,21 @@ extern "C" {
 void cu_encoder_forward(float *out, const int *inp, const float *wte, int N, int C) {
     LAUNCH(encoder_forward_kernel, ceil_div((long)N * C, 256), 256, 0, 0, out, inp, wte, N, C);
 }
-void cu_encoder_backward(float *dwte, const float *dout, const int *inp, int N, int C) {
-    LAUNCH(encoder_backward_kernel, ceil_div(C, 128), 128, 0, 0, dwte, dout, inp, N, C);
+int cu_encoder_backward_plan(const int *tok, int N, int V, int *order, int *seg, int *seg_tok, int *count) {
+    for (int v = 0; v <= V; v++) count[v] = 0;
+    for (int n = 0; n < N; n++) count[tok[n] + 1]++;
+    for (int v = 0; v < V; v++) count[v + 1] += count[v];  // count[v] = first slot of token v
+    int n_seg = 0;
+    for (int v = 0; v < V; v++)
+        if (count[v + 1] > count[v]) seg[n_seg] = count[v], seg_tok[n_seg++] = v;
+    seg[n_seg] = N;
+    for (int n = 0; n < N; n++) order[count[tok[n]]++] = n;  // stable: positions in order
+    return n_seg;
+}
+
+void cu_encoder_backward(float *dwte, const float *dout, const int *order, const int *seg, const int *seg_tok, int n_seg,
+                         int C) {
+    if (n_seg > 0) LAUNCH(encoder_backward_kernel, n_seg, 128, 0, 0, dwte, dout, order, seg, seg_tok, C);
 }
 
 void cu_rmsnorm_forward(void *out, int out_dt, float *rstd, const void *inp, int in_stride, int in_dt,
