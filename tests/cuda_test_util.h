@@ -8,7 +8,9 @@
 #define MOE_CUDA_TEST_UTIL_H
 
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -176,6 +178,39 @@ static inline double rel_l2(const float *got, const float *ref, size_t n) {
         num += d * d, den += (double)ref[i] * ref[i];
     }
     return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+// The start of a CUDA test program: one OpenMP thread (idle OpenMP workers spinning between
+// the CPU reference's calls would take the cores from the harness's fibers), the test RNG, one
+// line naming the backend and the device. 0 when no device is visible: the program then
+// records one SKIP named `name` and returns test_summary().
+static inline int cuda_test_start(const char *name, uint64_t seed) {
+    omp_set_num_threads(1);
+    rng = rng_seed(seed);
+    char dev[256];
+    size_t free_b = 0, total_b = 0;
+    int ndev = cu_device_info(dev, sizeof dev, &free_b, &total_b);
+    printf("# backend %s, %d device(s): %s, compute capability %d, %.0f MiB free of %.0f MiB\n", cu_backend(), ndev, dev,
+           cu_compute_capability(), free_b / 1048576.0, total_b / 1048576.0);
+    if (ndev < 1) test_skip(name, "no CUDA device visible");
+    return ndev >= 1;
+}
+
+// log-sum-exp of the scaled causal scores of query row (b, h, t), in double: the reference of
+// the attention kernels' lse; q, k (B, T, H, dqk)
+static inline double lse_ref(const float *q, const float *k, int T, int H, int dqk, float scale, int b, int h, int t) {
+    const float *qt = q + (((size_t)b * T + t) * H + h) * dqk;
+    double mx = -1e300, sum = 0.0;
+    for (int pass = 0; pass < 2; pass++)  // the maximum, then the sum
+        for (int s = 0; s <= t; s++) {
+            const float *ks = k + (((size_t)b * T + s) * H + h) * dqk;
+            double d = 0.0;
+            for (int i = 0; i < dqk; i++) d += (double)qt[i] * ks[i];
+            d *= scale;
+            if (pass == 0) mx = d > mx ? d : mx;
+            else sum += exp(d - mx);
+        }
+    return mx + log(sum);
 }
 
 #endif

@@ -17,21 +17,6 @@
 #include "test.h"
 
 // lse (B, H, T) in double from the (rounded) q, k: log sum_{s <= t} exp(scale q_t . k_s)
-static double lse_ref(const float *q, const float *k, int T, int H, int dqk, float scale, int b, int h, int t) {
-    const float *qt = q + (((size_t)b * T + t) * H + h) * dqk;
-    double mx = -1e300, sum = 0.0;
-    for (int pass = 0; pass < 2; pass++)  // the maximum, then the sum
-        for (int s = 0; s <= t; s++) {
-            const float *ks = k + (((size_t)b * T + s) * H + h) * dqk;
-            double d = 0.0;
-            for (int i = 0; i < dqk; i++) d += (double)qt[i] * ks[i];
-            d *= scale;
-            if (pass == 0) mx = d > mx ? d : mx;
-            else sum += exp(d - mx);
-        }
-    return mx + log(sum);
-}
-
 // The device backward reads the forward output it stored, rounded to dt: its softmax term
 // D_t = dout_t . out_t then differs from the reference's (which sums p * dp in fp32, i.e.
 // dout_t . out_t with the unrounded out) by dD_t = dout_t . (out_dev_t - out_ref_t), one
@@ -171,19 +156,7 @@ static void test_attention_case(const char *label, int B, int T, int H, int dqk,
 }
 
 int main(void) {
-    // tiny sizes: one OpenMP thread (idle OpenMP workers spinning between the CPU reference's
-    // calls would take the cores from the harness's fibers)
-    omp_set_num_threads(1);
-    rng = rng_seed(1234);
-    char dev[256];
-    size_t free_b = 0, total_b = 0;
-    int ndev = cu_device_info(dev, sizeof dev, &free_b, &total_b);
-    printf("# backend %s, %d device(s): %s, %.0f MiB free of %.0f MiB\n", cu_backend(), ndev, dev,
-           free_b / 1048576.0, total_b / 1048576.0);
-    if (ndev < 1) {
-        test_skip("cuda_attention", "no CUDA device visible");
-        return test_summary();
-    }
+    if (!cuda_test_start("cuda_attention", 1234)) return test_summary();
     const int dts[3] = {CU_F32, CU_BF16, CU_F16};
     for (int i = 0; i < 3; i++) {
         int dt = dts[i];

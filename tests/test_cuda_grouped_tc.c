@@ -193,15 +193,7 @@ static void run_case(const Case *c, int dt) {
 }
 
 int main(void) {
-    rng = rng_seed(4321);
-    char dev[256];
-    int ndev = cu_device_info(dev, sizeof dev, NULL, NULL);
-    printf("# backend %s, %d device(s): %s, compute capability %d\n", cu_backend(), ndev, dev,
-           cu_compute_capability());
-    if (ndev < 1) {
-        test_skip("cuda_grouped_tc", "no CUDA device visible");
-        return test_summary();
-    }
+    if (!cuda_test_start("cuda_grouped_tc", 4321)) return test_summary();
     test_begin("grouped_tc_available");
     int cc = cu_compute_capability();
     CHECK(cu_grouped_tc_available(CU_F32) == 0, "fp32 reported available");

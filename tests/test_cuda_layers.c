@@ -31,8 +31,27 @@ static void test_encoder(void) {
     cu_encoder_forward(d_out, d_tok, d_wte, N, C);
     check_dev("out", d_out, out, (size_t)N * C, 0, 0);
     encoder_backward(dwte, dout, tok, N, C);
-    cu_encoder_backward(d_dwte, d_dout, d_tok, N, C);
-    check_dev("dwte", d_dwte, dwte, (size_t)V * C, 1e-6, 1e-6);
+    int *order = (int *)mallocCheck(sizeof(int) * N), *seg = (int *)mallocCheck(sizeof(int) * (N + 1));
+    int *seg_tok = (int *)mallocCheck(sizeof(int) * N), *count = (int *)mallocCheck(sizeof(int) * (V + 1));
+    int ns = cu_encoder_backward_plan(tok, N, V, order, seg, seg_tok, count);
+    // the plan: every distinct token once, ascending, its positions ascending
+    int distinct = 0, bad = 0;
+    for (int v = 0; v < V; v++) {
+        int any = 0;
+        for (int n = 0; n < N; n++) any |= tok[n] == v;
+        distinct += any;
+    }
+    for (int s = 0; s < ns; s++)
+        for (int p = seg[s]; p < seg[s + 1]; p++)
+            bad += tok[order[p]] != seg_tok[s] || (p > seg[s] && order[p] <= order[p - 1]) || (s && seg_tok[s] <= seg_tok[s - 1]);
+    CHECK(ns == distinct && seg[0] == 0 && seg[ns] == N && !bad, "plan: %d segments for %d distinct tokens, %d bad", ns,
+          distinct, bad);
+    int *d_order = (int *)to_dev(order, sizeof(int) * N), *d_seg = (int *)to_dev(seg, sizeof(int) * (ns + 1));
+    int *d_segtok = (int *)to_dev(seg_tok, sizeof(int) * ns);
+    cu_encoder_backward(d_dwte, d_dout, d_order, d_seg, d_segtok, ns, C);
+    check_dev("dwte (bit for bit)", d_dwte, dwte, (size_t)V * C, 0, 0);
+    cu_free(d_order), cu_free(d_seg), cu_free(d_segtok);
+    free(order), free(seg), free(seg_tok), free(count);
     cu_free(d_tok), cu_free(d_wte), cu_free(d_dout), cu_free(d_dwte), cu_free(d_out);
     free(tok), free(wte), free(dout), free(dwte), free(out);
     test_end();
@@ -504,19 +523,7 @@ static void test_adamw_working_copy(int dt) {
 }
 
 int main(void) {
-    // tiny sizes: one OpenMP thread (idle OpenMP workers spinning between the CPU reference's
-    // calls would take the cores from the harness's fibers)
-    omp_set_num_threads(1);
-    rng = rng_seed(1234);
-    char dev[256];
-    size_t free_b = 0, total_b = 0;
-    int ndev = cu_device_info(dev, sizeof dev, &free_b, &total_b);
-    printf("# backend %s, %d device(s): %s, %.0f MiB free of %.0f MiB\n", cu_backend(), ndev, dev,
-           free_b / 1048576.0, total_b / 1048576.0);
-    if (ndev < 1) {
-        test_skip("cuda_layers", "no CUDA device visible");
-        return test_summary();
-    }
+    if (!cuda_test_start("cuda_layers", 1234)) return test_summary();
     test_encoder();
     for (int t = 0; t < 3; t++) {
         int dt = DTS[t];

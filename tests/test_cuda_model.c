@@ -459,10 +459,14 @@ static void test_plan_matches(const char *what, const ModelConfig *pc, int PB, i
                 CHECK(d <= 64.0, "%s %s rc %d: %s allocated %zu bytes, planned %zu", what, cu_dtype_name(dt), rc,
                       names[i], a[i], b[i]);
             }
-            // the allocator rounds every buffer up (256 bytes under the harness; more on a GPU)
-            size_t used = free0 - free1;
-            CHECK(used >= got.total && used - got.total < 64 * 1024, "device memory used %zu, the model's own count %zu",
-                  used, got.total);
+            // the allocator rounds every buffer up (256 bytes under the harness). On a GPU the free
+            // memory moves in pages of 2 MiB (buffers are rounded up to, or packed into, them) and
+            // other processes allocate too: the device's count says nothing at 64 KiB, only the
+            // harness's is compared
+            size_t used = free0 >= free1 ? free0 - free1 : 0;
+            if (!strcmp(cu_backend(), "cuda-harness"))
+                CHECK(used >= got.total && used - got.total < 64 * 1024,
+                      "device memory used %zu, the model's own count %zu", used, got.total);
             cuda_model_free(pm);
         }
 }

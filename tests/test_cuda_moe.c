@@ -388,22 +388,12 @@ static void test_dispatch(int N, int K, int E, int skew, float cf) {
 }
 
 int main(void) {
-    // tiny sizes: one OpenMP thread (idle OpenMP workers spinning between the CPU reference's
-    // calls would take the cores from the harness's fibers)
-    omp_set_num_threads(1);
-    rng = rng_seed(1234);
-    char dev[256];
-    size_t free_b = 0, total_b = 0;
-    int ndev = cu_device_info(dev, sizeof dev, &free_b, &total_b);
-    printf("# backend %s, %d device(s): %s, %.0f MiB free of %.0f MiB\n", cu_backend(), ndev, dev,
-           free_b / 1048576.0, total_b / 1048576.0);
-    if (ndev < 1) {
-        test_skip("cuda_moe", "no CUDA device visible");
-        return test_summary();
-    }
+    if (!cuda_test_start("cuda_moe", 1234)) return test_summary();
     test_route("cuda_moe_route_sigmoid_bias_groups", 12, 3, 4, 2, SCORE_SIGMOID, 1);
     test_route("cuda_moe_route_sigmoid_nobias_groups", 12, 3, 4, 2, SCORE_SIGMOID, 0);
     test_route("cuda_moe_route_softmax", 9, 2, 1, 1, SCORE_SOFTMAX, 0);
+    // more than 32 experts: the kernels instantiated for MOE_MAX_E (E <= 32 has smaller scratch)
+    test_route("cuda_moe_route_sigmoid_bias_groups_e40", 40, 6, 8, 3, SCORE_SIGMOID, 1);
     test_begin("cuda_moe_route_rejects_unsupported_sizes");
     CHECK(cu_moe_route(NULL, NULL, NULL, NULL, 4, 300, 2, 1, 1, 0, 1.0f) != 0, "E 300 accepted");
     CHECK(cu_moe_route(NULL, NULL, NULL, NULL, 4, 8, 9, 1, 1, 0, 1.0f) != 0, "K > E accepted");
@@ -424,6 +414,7 @@ int main(void) {
         }
     }
     cu_grouped_set_tensor_cores(1);
+    test_moe_ffn("cuda_moe_ffn_fwd_bwd_e40", 40, 4, 4, 2, SCORE_SIGMOID, 0.0f, CU_F32);  // routing and gate backward, E > 32
     // dispatch: around 5000 and 70000 assignments (more than 256 chunks of 256), E 7, 64, 256;
     // every case has an expert without tokens; small cases: fewer assignments than experts, and
     // a first (partial) chunk of 2 assignments with E = 256

@@ -103,3 +103,13 @@ else fail train_cuda_domain_coact_logs "runs/gpu has no domains.jsonl / coact.js
 if "$HX" "${TINY[@]}" --name au --device cuda -x 1 --val-every 0 > au.log 2>&1 && grep -q "precision bf16" au.log; then
   pass train_cuda_auto_precision_bf16
 else fail train_cuda_auto_precision_bf16 "$(grep device: au.log)"; fi
+
+# 11. --attention cudnn: cuDNN cannot run under the harness, so the run says why and trains with
+#     the flash kernels (the same losses as the default); a bad value is refused
+if "$HX" "${TINY[@]}" --name cd --device cuda --precision bf16 --attention cudnn > cd.log 2>&1 &&
+   grep -q "attention: cuDNN refused (.*harness.*): using the flash kernels" cd.log &&
+   cmp -s <(losses runs/sbf16/train.jsonl) <(losses runs/cd/train.jsonl); then pass train_cuda_attention_cudnn_fallback
+else fail train_cuda_attention_cudnn_fallback "$(grep attention cd.log; tail -n 2 cd.log)"; fi
+if "$HX" "${TINY[@]}" --name bad --attention fast > bad.log 2>&1; then fail train_rejects_bad_attention "exit 0"
+elif grep -q "attention must be flash or cudnn" bad.log; then pass train_rejects_bad_attention
+else fail train_rejects_bad_attention "$(cat bad.log)"; fi

@@ -30,6 +30,7 @@ static void opts_default(TrainOpts *o) {
     snprintf(o->ckpt_dir, sizeof o->ckpt_dir, "checkpoints");
     snprintf(o->device, sizeof o->device, "auto");
     snprintf(o->precision, sizeof o->precision, "auto");
+    snprintf(o->attention, sizeof o->attention, "flash");
     o->batch_size = 8;
     o->seq_len = 256;
     o->grad_accum = 1;
@@ -75,6 +76,7 @@ static int build_flags(Flag *f, TrainOpts *o) {
     FL("device", 0, FLAG_STR, o->device, "auto | cpu | cuda", 0);
     FL("precision", 0, FLAG_STR, o->precision,
        "auto (CPU: fp32; GPU: bf16 on compute capability 8.0+, else fp16 with loss scaling) | fp32 | bf16 | fp16", 0);
+    FL("attention", 0, FLAG_STR, o->attention, "GPU: flash (the project's kernels) | cudnn (cuDNN SDPA where it accepts the shapes)", 0);
     FL("loss-scale", 0, FLAG_FLOAT, &o->loss_scale, "fp16: initial dynamic loss scale (halved on overflow, doubled after 2000 good steps)", 0);
     FL("recompute", 0, FLAG_BOOL, &o->recompute, "GPU: recompute norms and SwiGLU in backward (less memory, same result)", 0);
     FL("gpus", 0, FLAG_INT, &o->gpus, "data parallelism on N GPUs of this machine (NCCL; N x grad-accum micro-batches per step)", 0);

@@ -23,6 +23,7 @@
 #include "checkpoint.h"
 #include "dp.h"
 #ifdef MOE_WITH_CUDA
+#include "../model/cuda/attention_cudnn.h"
 #include "../model/cuda/cuda_model.h"
 #include "../model/cuda/cuda_ops.h"
 #include "../model/cuda/plan.h"
@@ -242,6 +243,13 @@ static int eng_open(Engine *e, Model *m, const TrainOpts *o, int B, int T, DataP
             if (cuda_plan_check(&plan, free_b, B, o->recompute, err) != 0) return -1;
             if (cuda_model_create(&e->cm, &m->cfg, B, T, prec, o->recompute, err) != 0) return -1;
             e->precision = prec;
+            if (!strcmp(o->attention, "cudnn")) {
+                const char *why = NULL;
+                if (cuda_model_use_cudnn_attention(e->cm, 1, B, T, &why))
+                    printf("attention: cuDNN SDPA (cuDNN %zu)\n", cu_cudnn_version());
+                else
+                    printf("attention: cuDNN refused (%s): using the flash kernels\n", why);
+            }
             if (prec == PREC_FP16) loss_scaler_init(&e->ls, o->loss_scale, 2000);
             e->sel_host = (int *)mallocCheck(sizeof(int) * (size_t)(m->n_moe > 0 ? m->n_moe : 1) * e->N * m->cfg.top_k);
             eng_to_device(e);
@@ -312,7 +320,7 @@ static int shape_field_differs(const char *flag, const ModelConfig *a, const Mod
     return 0;
 }
 
-static const char *resume_allowed[] = {"resume", "name", "max-steps", "gpus", "precision", "recompute", "loss-scale", "val-every", "val-batches", "sample-every",
+static const char *resume_allowed[] = {"resume", "name", "max-steps", "gpus", "precision", "recompute", "loss-scale", "attention", "val-every", "val-batches", "sample-every",
                                        "sample-len", "sample-temperature", "sample-top-k", "ckpt-every", "keep-ckpts",
                                        "report-every", "log-every", "max-bad-steps", "stop-after", "tokenizer", "runs-dir",
                                        "ckpt-dir", "device", "train-data", "val-data", NULL};
@@ -539,6 +547,10 @@ int trainer_resolve_options(TrainOpts *o, Flag *flags, int nf) {
     }
     if (dp_check(o->gpus, o->device, &err) != 0) {
         fprintf(stderr, "error: %s\n", err.msg);
+        return -1;
+    }
+    if (strcmp(o->attention, "flash") && strcmp(o->attention, "cudnn")) {
+        fprintf(stderr, "error: --attention must be flash or cudnn, got '%s'\n", o->attention);
         return -1;
     }
     if (strcmp(o->precision, "auto") && strcmp(o->precision, "fp32") && strcmp(o->precision, "bf16") &&
@@ -826,9 +838,9 @@ static void write_run_json(const char *run_dir, const TrainOpts *o, const Model 
     fprintf(fp, ", \"tokenizer\": ");
     json_str(fp, o->tokenizer);
     fprintf(fp, ", \"val_every\": %d, \"val_batches\": %d, \"sample_every\": %d, \"ckpt_every\": %d, \"keep_ckpts\": %d, "
-                "\"report_every\": %d, \"log_every\": %d, \"recompute\": %s, \"gpus\": %d",
+                "\"report_every\": %d, \"log_every\": %d, \"recompute\": %s, \"attention\": \"%s\", \"gpus\": %d",
             o->val_every, o->val_batches, o->sample_every, o->ckpt_every, o->keep_ckpts, o->report_every, o->log_every,
-            o->recompute ? "true" : "false", o->gpus);
+            o->recompute ? "true" : "false", o->attention, o->gpus);
     fprintf(fp, "},\n \"domains\": [");
     for (int d = 0; d < dataloader_n_domains(dl); d++) {
         if (d) fprintf(fp, ", ");

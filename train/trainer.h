@@ -14,7 +14,7 @@ typedef struct {
     char train_data[FLAG_STR_LEN], val_data[FLAG_STR_LEN], tokenizer[FLAG_STR_LEN];
     char resume[FLAG_STR_LEN], init_from[FLAG_STR_LEN];
     char runs_dir[FLAG_STR_LEN], ckpt_dir[FLAG_STR_LEN];
-    char device[FLAG_STR_LEN], precision[FLAG_STR_LEN];
+    char device[FLAG_STR_LEN], precision[FLAG_STR_LEN], attention[FLAG_STR_LEN];
     char score_func_s[FLAG_STR_LEN], balance_s[FLAG_STR_LEN];
     int keep_optimizer, overwrite, recompute;
     int batch_size, seq_len, grad_accum, max_steps, warmup_steps;

@@ -40,6 +40,11 @@ int cuda_model_create(CudaModel **out, const ModelConfig *cfg, int B_max, int T_
                       MoeErr *err);
 void cuda_model_free(CudaModel *m);
 size_t cuda_model_num_params(const CudaModel *m);
+// on = 1: causal attention through cuDNN's fused SDPA (attention_cudnn.h) when the installed
+// cuDNN accepts micro-batches B x T of this model in its precision (bf16 / fp16 only); any call
+// it refuses later falls back to the flash kernels of attention.cu. Returns 1 when cuDNN will be
+// used, 0 otherwise with *reason (may be NULL) saying why.
+int cuda_model_use_cudnn_attention(CudaModel *m, int on, int B, int T, const char **reason);
 int cuda_model_precision(const CudaModel *m);
 // the device bytes the model allocated, in the categories of the planner (plan.h): the test
 // that cuda_plan() predicts them; workspace and overhead are 0 (not the model's allocations)

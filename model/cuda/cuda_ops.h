@@ -71,8 +71,16 @@ void cu_matmul_backward(float *dinp, float *dweight, const void *dout, const voi
 
 // ---- embedding (the residual stream is fp32; wte is the fp32 master) ------------------------
 void cu_encoder_forward(float *out, const int *inp, const float *wte, int N, int C);
-// deterministic: one thread per channel adds the tokens in order (as the CPU reference)
-void cu_encoder_backward(float *dwte, const float *dout, const int *inp, int N, int C);
+// The backward of the embedding in two parts. On the HOST: the positions grouped by token (a
+// stable counting sort of tok (N) in [0, V)): order (N) = positions, segment s holds
+// order[seg[s] .. seg[s+1]) (seg: n_seg + 1 ints) of token seg_tok[s] (n_seg ints); count:
+// V + 1 ints of scratch. Returns n_seg (the distinct tokens).
+int cu_encoder_backward_plan(const int *tok, int N, int V, int *order, int *seg, int *seg_tok, int *count);
+// On the device (order, seg, seg_tok uploaded): dwte[seg_tok[s]] += dout of each position of
+// segment s, in position order: one block per distinct token, deterministic, the CPU
+// reference's sums bit for bit
+void cu_encoder_backward(float *dwte, const float *dout, const int *order, const int *seg, const int *seg_tok, int n_seg,
+                         int C);
 
 // ---- RMSNorm (weights: the fp32 master; rstd fp32) -------------------------------------------
 // out (N, C) of out_dt = rmsnorm(inp), inp (N rows of in_stride) of in_dt

@@ -12,11 +12,17 @@ __global__ void encoder_forward_kernel(float *out, const int *inp, const float *
     out[i] = wte[(long)inp[n] * C + c];
 }
 
-// one thread per channel, tokens in order: deterministic, same order as the CPU reference
-__global__ void encoder_backward_kernel(float *dwte, const float *dout, const int *inp, int N, int C) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
-    for (int n = 0; n < N; n++) dwte[(long)inp[n] * C + c] += dout[(long)n * C + c];
+// one block per distinct token (segment s of the plan), threads over channels; the token's
+// positions are added in position order: the CPU reference's sums, bit for bit
+__global__ void encoder_backward_kernel(float *dwte, const float *dout, const int *order, const int *seg,
+                                        const int *seg_tok, int C) {
+    int s = blockIdx.x, p0 = seg[s], p1 = seg[s + 1];
+    float *row = dwte + (long)seg_tok[s] * C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float acc = row[c];
+        for (int p = p0; p < p1; p++) acc += dout[(long)order[p] * C + c];
+        row[c] = acc;
+    }
 }
 
 // ---- RMSNorm: one warp per row ---------------------------------------------------------------
@@ -95,16 +101,27 @@ __global__ void rmsnorm_backward_dw_final_kernel(float *dweight, const float *pa
     dweight[c] += acc;
 }
 
-// device scratch for the partial sums, grown on demand (first steps only)
-static float *dw_scratch = NULL;
-static size_t dw_scratch_floats = 0;
+// device scratch for the partial sums, grown on demand (first steps only), one per device: a
+// buffer of device 0 used from device 1 is an illegal address (or, with peer access, a race
+// between the two devices' backward passes)
+#define DW_MAX_DEVICES 64
+static float *dw_scratch[DW_MAX_DEVICES];
+static size_t dw_scratch_floats[DW_MAX_DEVICES];
 static float *get_dw_scratch(size_t n) {
-    if (n > dw_scratch_floats) {
-        if (dw_scratch) cudaCheck(cudaFree(dw_scratch));
-        cudaCheck(cudaMalloc((void **)&dw_scratch, sizeof(float) * n));
-        dw_scratch_floats = n;
+    int dev = 0;
+#if !defined(MOE_CUDA_HARNESS)  // the harness has one device
+    cudaCheck(cudaGetDevice(&dev));
+#endif
+    if (dev < 0 || dev >= DW_MAX_DEVICES) {
+        fprintf(stderr, "error: internal: cu_rmsnorm_backward on device %d (at most %d devices)\n", dev, DW_MAX_DEVICES);
+        exit(EXIT_FAILURE);
     }
-    return dw_scratch;
+    if (n > dw_scratch_floats[dev]) {
+        if (dw_scratch[dev]) cudaCheck(cudaFree(dw_scratch[dev]));  // cudaFree waits for the kernels using it
+        cudaCheck(cudaMalloc((void **)&dw_scratch[dev], sizeof(float) * n));
+        dw_scratch_floats[dev] = n;
+    }
+    return dw_scratch[dev];
 }
 
 // ---- elementwise -------------------------------------------------------------------------------
@@ -218,8 +235,21 @@ extern "C" {
 void cu_encoder_forward(float *out, const int *inp, const float *wte, int N, int C) {
     LAUNCH(encoder_forward_kernel, ceil_div((long)N * C, 256), 256, 0, 0, out, inp, wte, N, C);
 }
-void cu_encoder_backward(float *dwte, const float *dout, const int *inp, int N, int C) {
-    LAUNCH(encoder_backward_kernel, ceil_div(C, 128), 128, 0, 0, dwte, dout, inp, N, C);
+int cu_encoder_backward_plan(const int *tok, int N, int V, int *order, int *seg, int *seg_tok, int *count) {
+    for (int v = 0; v <= V; v++) count[v] = 0;
+    for (int n = 0; n < N; n++) count[tok[n] + 1]++;
+    for (int v = 0; v < V; v++) count[v + 1] += count[v];  // count[v] = first slot of token v
+    int n_seg = 0;
+    for (int v = 0; v < V; v++)
+        if (count[v + 1] > count[v]) seg[n_seg] = count[v], seg_tok[n_seg++] = v;
+    seg[n_seg] = N;
+    for (int n = 0; n < N; n++) order[count[tok[n]]++] = n;  // stable: positions in order
+    return n_seg;
+}
+
+void cu_encoder_backward(float *dwte, const float *dout, const int *order, const int *seg, const int *seg_tok, int n_seg,
+                         int C) {
+    if (n_seg > 0) LAUNCH(encoder_backward_kernel, n_seg, 128, 0, 0, dwte, dout, order, seg, seg_tok, C);
 }
 
 void cu_rmsnorm_forward(void *out, int out_dt, float *rstd, const void *inp, int in_stride, int in_dt,

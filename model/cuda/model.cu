@@ -6,6 +6,7 @@ extern "C" {
 #include "../model.h"  // C declarations first: config.h must get C linkage
 }
 
+#include "attention_cudnn.h"
 #include "cuda_common.cuh"
 #include "cuda_model.h"
 #include "cuda_ops.h"
@@ -51,6 +52,10 @@ struct CudaModel {
     void *lnf, *logits;               // (N, C) (N, V) activation type
     int *inputs, *targets, *pos;
     int pos_T, pos_N;                 // positions uploaded for this T and N
+    // the embedding's backward, planned on the host (cu_encoder_backward_plan) for the inputs
+    // [0] and the MTP block's embedded tokens [1]: device order (N), seg (N + 1), seg_tok (N)
+    int *enc_order[2], *enc_seg[2], *enc_tok[2], enc_nseg[2];
+    int *enc_host, *enc_count;        // host: 3N + 1 ints of plan, V + 1 of counting scratch
     void *kv;                         // (N, H*(nope+dv)) scratch: wkv_b's output until assembled
     float *ffn_y, *rlogits, *router_in;  // (N, C) FFN output, (N, E) router logits, (N, C) fp32 router input
     // backward (fp32 unless said)
@@ -74,6 +79,7 @@ struct CudaModel {
     float *dmx, *dcat, *den, *dhn, *demb;
     int *mtp_targets, *mtp_emb_tok;
     float grad_scale;  // loss scale of backward (1 unless fp16 loss scaling)
+    int use_cudnn;     // attention through cuDNN's SDPA where it accepts the call (else the flash kernels)
     size_t bytes[CAT_N];
     // last forward
     float ce_loss, aux_loss, mtp_loss, loss;
@@ -336,6 +342,13 @@ int cuda_model_create(CudaModel **out, const ModelConfig *cfg, int B_max, int T_
     m->inputs = ialloc(m, CAT_ACTS, N);
     m->targets = ialloc(m, CAT_ACTS, N);
     m->pos = ialloc(m, CAT_ACTS, N);
+    for (int i = 0; i < 1 + (c->mtp_depth > 0); i++) {
+        m->enc_order[i] = ialloc(m, CAT_ACTS, N);
+        m->enc_seg[i] = ialloc(m, CAT_ACTS, N + 1);
+        m->enc_tok[i] = ialloc(m, CAT_ACTS, N);
+    }
+    m->enc_host = (int *)mallocCheck(sizeof(int) * (3 * N + 1));
+    m->enc_count = (int *)mallocCheck(sizeof(int) * ((size_t)V + 1));
     m->kv = aalloc(m, CAT_SCRATCH, N * H * (nope + dv));
     m->ffn_y = falloc(m, CAT_SCRATCH, N * C);
     // backward: per-block gradients live in buffers shared by all blocks
@@ -431,12 +444,22 @@ void cuda_model_free(CudaModel *m) {
                     m->mtp_cat, m->mtp_x_out, m->mtp_ln, m->mtp_ln_rstd, m->mtp_targets, m->mtp_emb_tok,
                     m->mtp_logits, m->mtp_lse, m->dmx, m->dcat, m->den, m->dhn, m->demb};
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) cu_free(ptrs[i]);
+    for (int i = 0; i < 2; i++) cu_free(m->enc_order[i]), cu_free(m->enc_seg[i]), cu_free(m->enc_tok[i]);
+    free(m->enc_host);
+    free(m->enc_count);
     free(m->sblock_host);
     free(m->tensors);
     free(m);
 }
 
 size_t cuda_model_num_params(const CudaModel *m) { return m->num_params; }
+
+int cuda_model_use_cudnn_attention(CudaModel *m, int on, int B, int T, const char **reason) {
+    const ModelConfig *c = &m->cfg;
+    m->use_cudnn = on && cu_cudnn_attention_supported(B, T, c->n_heads, cfg_qk_head_dim(c), c->v_head_dim, m->dt);
+    if (reason) *reason = on ? cu_cudnn_attention_reason() : "not asked for";
+    return m->use_cudnn;
+}
 int cuda_model_precision(const CudaModel *m) { return m->dt; }
 
 void cuda_model_allocated(const CudaModel *m, CudaPlan *p) {
@@ -530,9 +553,20 @@ static void attention_block_forward(CudaModel *m, const LayerParams *lp, DevBloc
                        (const TT *)m->kv, (const TT *)b->kva, N, H, nope, rope, dv, kvr));
     cu_rope_apply(aoff(m, b->kf, nope), dt, N, H, H * dqk, dqk, rope, m->pos, c->rope_theta, 0);
     float scale = 1.0f / sqrtf((float)dqk);
-    cu_attention_forward(b->atto, b->lse, b->q, b->kf, b->vf, B, T, H, dqk, dv, scale, dt);
+    if (!m->use_cudnn || cu_cudnn_attention_forward(b->atto, b->lse, b->q, b->kf, b->vf, B, T, H, dqk, dv, scale, dt))
+        cu_attention_forward(b->atto, b->lse, b->q, b->kf, b->vf, B, T, H, dqk, dv, scale, dt);
     mm_fwd(m, b->x_mid, CU_F32, b->atto, lp->wo, N, H * dv, C);
     cu_residual_rmsnorm_forward(b->x_mid, b->ln2, dt, b->ln2_rstd, b->x_mid, b->x_in, lp->ffn_norm, N, C, c->norm_eps);
+}
+
+// the embedding backward's plan of tokens tok (N, host) into slot i
+static void plan_encoder_backward(CudaModel *m, int i, const int *tok, int N) {
+    int *order = m->enc_host, *seg = order + N, *seg_tok = seg + N + 1;
+    int ns = cu_encoder_backward_plan(tok, N, m->cfg.vocab_size, order, seg, seg_tok, m->enc_count);
+    cu_upload(m->enc_order[i], order, sizeof(int) * (size_t)N);
+    cu_upload(m->enc_seg[i], seg, sizeof(int) * (size_t)(ns + 1));
+    cu_upload(m->enc_tok[i], seg_tok, sizeof(int) * (size_t)ns);
+    m->enc_nseg[i] = ns;
 }
 
 static int moe_index(const CudaModel *m, int l) {
@@ -630,8 +664,10 @@ static void attention_block_backward(CudaModel *m, int l, float *dx) {
     cu_zero(m->dvf, sizeof(float) * (size_t)N * H * dv);
     float scale = 1.0f / sqrtf((float)dqk);
     // the forward output of the attention is atto (its row sums with dout are the softmax terms)
-    cu_attention_backward(m->dqf, m->dkf, m->dvf, m->att_scr, m->datto, b->atto, b->lse, b->q, b->kf, b->vf, B, T, H,
-                          dqk, dv, scale, dt);
+    if (!m->use_cudnn || cu_cudnn_attention_backward(m->dqf, m->dkf, m->dvf, m->datto, b->atto, b->lse, b->q, b->kf,
+                                                     b->vf, B, T, H, dqk, dv, scale, dt))
+        cu_attention_backward(m->dqf, m->dkf, m->dvf, m->att_scr, m->datto, b->atto, b->lse, b->q, b->kf, b->vf, B, T, H,
+                              dqk, dv, scale, dt);
     cu_rope_apply(m->dqf + nope, CU_F32, N, H, H * dqk, dqk, rope, m->pos, c->rope_theta, 1);
     cu_rope_apply(m->dkf + nope, CU_F32, N, H, H * dqk, dqk, rope, m->pos, c->rope_theta, 1);
     cu_zero(m->dkva, sizeof(float) * (size_t)N * (kvr + rope));
@@ -745,6 +781,7 @@ float cuda_model_forward(CudaModel *m, const int *inputs, const int *targets, in
         m->pos_T = T, m->pos_N = N;
     }
     cu_upload(m->inputs, inputs, sizeof(int) * (size_t)N);
+    plan_encoder_backward(m, 0, inputs, N);
     cu_zero(m->loss_dev, sizeof(float) * 4);
     cu_encoder_forward(m->blk[0].x_in, m->inputs, m->p.wte, N, C);
     for (int l = 0; l < L; l++) {
@@ -768,6 +805,7 @@ float cuda_model_forward(CudaModel *m, const int *inputs, const int *targets, in
             tok[N + n] = (t + 1 < T && targets[n] >= 0) ? targets[n + 1] : -1;
         }
         cu_upload(m->mtp_emb_tok, tok, sizeof(int) * (size_t)N);
+        plan_encoder_backward(m, 1, tok, N);
         cu_upload(m->mtp_targets, tok + N, sizeof(int) * (size_t)N);
         free(tok);
         cu_encoder_forward(m->mtp_emb, m->mtp_emb_tok, m->p.wte, N, C);
@@ -841,10 +879,10 @@ void cuda_model_backward(CudaModel *m) {
                             N, C);
         // tokens whose target was ignored embedded token 0 as a stand-in: no gradient flows through it
         LAUNCH(zero_masked_rows_kernel, ceil_div((long)N * C, 256), 256, 0, 0, m->demb, m->targets, N, C);
-        cu_encoder_backward(m->g.wte, m->demb, m->mtp_emb_tok, N, C);
+        cu_encoder_backward(m->g.wte, m->demb, m->enc_order[1], m->enc_seg[1], m->enc_tok[1], m->enc_nseg[1], C);
     }
     for (int l = L - 1; l >= 0; l--) block_backward(m, l, m->dx);
-    cu_encoder_backward(m->g.wte, m->dx, m->inputs, N, C);
+    cu_encoder_backward(m->g.wte, m->dx, m->enc_order[0], m->enc_seg[0], m->enc_tok[0], m->enc_nseg[0], C);
 }
 
 void cuda_model_set_grad_scale(CudaModel *m, float scale) { m->grad_scale = scale; }

@@ -7,15 +7,30 @@
 #   - tests/test_cuda_nvcc.sh: every .cu file compiled by nvcc, warnings as errors (SKIP
 #     without nvcc), objects cached in $(BUILD)/nvcc;
 #   - make cuda: fat objects for all target architectures (needs nvcc);
-#   - make test-gpu: the kernel comparisons built with nvcc, run on a real GPU.
+#   - make test-gpu: the kernel comparisons built with nvcc, run on a real GPU;
+#   - cuDNN, when found: the optional flash-attention path of attention_cudnn.cu (see below).
 
 CUDA_HOME ?= /usr/local/cuda
 NVCC ?= $(shell command -v nvcc 2>/dev/null || (test -x $(CUDA_HOME)/bin/nvcc && echo $(CUDA_HOME)/bin/nvcc))
 CUDA_ARCHS ?= 75 80 86 89 90
-CUDA_GENCODE := $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a))
+# machine code for each architecture, plus PTX of the newest so that later GPUs (Blackwell,
+# sm_100/sm_120) JIT-compile the kernels instead of finding none
+CUDA_GENCODE := $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
+                -gencode arch=compute_$(lastword $(CUDA_ARCHS)),code=compute_$(lastword $(CUDA_ARCHS))
 NVCC_FLAGS ?= -O3 -std=c++17 -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror,-fopenmp
 
 CUDA_SRCS := $(sort $(wildcard model/cuda/*.cu))
+
+# cuDNN (optional): with its header and library found, the nvcc builds compile
+# model/cuda/attention_cudnn.cu with -DMOE_WITH_CUDNN (the cuDNN flash-attention path) and the
+# CUDA programs link -lcudnn; without them that file compiles to "unavailable" stubs. The
+# CUDA-on-CPU harness always compiles the stubs (cuDNN cannot run on host memory).
+CUDNN_HEADER := $(firstword $(wildcard $(CUDA_HOME)/include/cudnn.h /usr/include/cudnn.h))
+CUDNN_LIBDIR := $(patsubst %/,%,$(dir $(firstword $(wildcard $(CUDA_HOME)/lib64/libcudnn.so $(CUDA_HOME)/lib/libcudnn.so \
+                  /usr/lib/x86_64-linux-gnu/libcudnn.so /usr/lib64/libcudnn.so /usr/lib/libcudnn.so))))
+HAVE_CUDNN := $(if $(and $(CUDNN_HEADER),$(CUDNN_LIBDIR)),1,)
+CUDNN_DEFS := $(if $(HAVE_CUDNN),-DMOE_WITH_CUDNN,)
+CUDNN_LDLIBS := $(if $(HAVE_CUDNN),-L$(CUDNN_LIBDIR) -lcudnn,)
 
 # NCCL (data-parallel training on several GPUs, comm.cu): used when both its header and its
 # library are found; otherwise comm.cu builds a world-1 stub and --gpus N > 1 is refused
@@ -82,11 +97,12 @@ test_cuda_harness_MODS := cudahk cudahrt common
 $(BUILD)/tests/test_cuda_harness: LDLIBS += -lstdc++
 
 # the kernels and the whole model against the CPU reference, through the harness
-CUDA_CMP_TESTS := test_cuda_layers test_cuda_attention test_cuda_moe test_cuda_grouped_tc test_cuda_model
+CUDA_CMP_TESTS := test_cuda_layers test_cuda_attention test_cuda_attention_cudnn test_cuda_moe test_cuda_grouped_tc test_cuda_model
 TEST_PROGS += $(CUDA_CMP_TESTS)
 $(foreach t,$(CUDA_CMP_TESTS),$(eval $(t)_SRCS := tests/$(t).c))
 test_cuda_layers_MODS := $(HX_CORE) cudahrt cudaplan model common
 test_cuda_attention_MODS := hx_attention $(HX_CORE) cudahrt cudaplan model common
+test_cuda_attention_cudnn_MODS := hx_attention_cudnn hx_attention $(HX_CORE) cudahrt cudaplan model common
 test_cuda_moe_MODS := hx_moe hx_grouped_tc $(HX_CORE) cudahrt cudaplan model common
 test_cuda_grouped_tc_MODS := hx_grouped_tc $(HX_CORE) cudahrt cudaplan model common
 test_cuda_model_MODS := cudahx cudahrt cudaplan model common
@@ -111,18 +127,18 @@ SHELL_TESTS += tests/test_cuda_nvcc.sh
 # CUDA_ENABLED empty and the program CPU-only.
 CUDA_ENABLED := $(if $(NVCC),1,)
 CUDA_OBJS := $(CUDA_SRCS:%.cu=$(BUILD)/nvcc-fat/%.o) $(BUILD)/lib/libcudaplan.a
-CUDA_LDLIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublas $(NCCL_LDLIBS) -lstdc++
+CUDA_LDLIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublas $(CUDNN_LDLIBS) $(NCCL_LDLIBS) -lstdc++
 CUDA_CPPFLAGS := -DMOE_WITH_CUDA -I$(CUDA_HOME)/include
 
 # ---- real CUDA builds (need nvcc) ----------------------------------------------------------
 .PHONY: cuda test-gpu
-CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublas $(NCCL_LDLIBS)
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublas $(CUDNN_LDLIBS) $(NCCL_LDLIBS)
 
 CUDA_HDRS := $(wildcard model/cuda/*.cuh model/cuda/*.h) model/layer_math.h model/model.h model/config.h
 $(BUILD)/nvcc-fat/%.o: %.cu $(CUDA_HDRS)
 	@test -n "$(NVCC)" || { echo "error: nvcc not found (set CUDA_HOME or NVCC)"; exit 1; }
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCC_FLAGS) $(CUDA_GENCODE) -I. -c $< -o $@
+	$(NVCC) $(NVCC_FLAGS) $(CUDNN_DEFS) $(CUDA_GENCODE) -I. -c $< -o $@
 # comm.cu: the NCCL collectives where NCCL was found (rebuilt when that changes)
 $(BUILD)/nvcc-fat/model/cuda/comm.o: NVCC_FLAGS += $(NCCL_CPPFLAGS)
 $(BUILD)/nvcc-fat/model/cuda/comm.o: $(BUILD)/nvcc-fat/nccl-$(if $(HAVE_NCCL),on,off).stamp
@@ -133,7 +149,7 @@ $(BUILD)/nvcc-fat/nccl-%.stamp:
 # every .cu file as a fat object for sm_75 sm_80 sm_86 sm_89 sm_90
 cuda: $(CUDA_SRCS:%.cu=$(BUILD)/nvcc-fat/%.o)
 
-CUDA_CMP_TESTS ?= test_cuda_layers test_cuda_attention test_cuda_moe test_cuda_grouped_tc test_cuda_model
+CUDA_CMP_TESTS ?= test_cuda_layers test_cuda_attention test_cuda_attention_cudnn test_cuda_moe test_cuda_grouped_tc test_cuda_model
 $(BUILD)/gpu/%: tests/%.c $(CUDA_SRCS:%.cu=$(BUILD)/nvcc-fat/%.o) $(BUILD)/lib/libcudaplan.a $(BUILD)/lib/libmodel.a \
 		$(BUILD)/lib/libcommon.a
 	@mkdir -p $(dir $@)

@@ -24,14 +24,23 @@ __global__ void moe_scores_kernel(float *scores, const float *logits, int N, int
     lm_gate_scores(scores + (long)n * E, logits + (long)n * E, E, score_func == 1);
 }
 
-// one thread per token
+// Per-thread scratch arrays live in local memory, and a GPU reserves a kernel's local memory
+// for every thread it can hold at once (H100: 132 SMs x 2048 threads) on its first launch and
+// keeps it: 1.8 KB per thread at E = 256 is ~480 MB of device memory that no plan counts. The
+// kernels that need such arrays are instantiated for ME = MOE_SMALL_E (E <= 32, the usual
+// sizes: ~0.4 KB) and ME = MOE_MAX_E.
+#define MOE_SMALL_E 32
+#define MOE_ME_G(ME) ((ME) < MOE_MAX_G ? (ME) : MOE_MAX_G)  // groups <= experts
+
+// one thread per token; E <= ME
+template <int ME>
 __global__ void moe_route_kernel(int *sel_out, float *wts_out, const float *scores_all, const float *bias, int N, int E,
                                  int K, int G, int topG, int score_func, float route_scale) {
     int n = blockIdx.x * blockDim.x + threadIdx.x;
     if (n >= N) return;
-    float biased[MOE_MAX_E], group_scores[MOE_MAX_G];
-    unsigned char allowed[MOE_MAX_E];
-    int keep[MOE_MAX_G];
+    float biased[ME], group_scores[MOE_ME_G(ME)];
+    unsigned char allowed[ME];
+    int keep[MOE_ME_G(ME)];
     lm_route_token(scores_all + (long)n * E, bias, E, K, G, topG, score_func == 1, route_scale, sel_out + (long)n * K,
                    wts_out + (long)n * K, biased, allowed, group_scores, keep);
 }
@@ -359,7 +368,8 @@ __global__ void moe_scatter_add_kernel(float *dx, const float *dxe, const int *r
 }
 
 // per token: weights -> scores (renormalisation for sigmoid), plus the balancing-loss term
-// when aux_f != NULL (f of the token's segment: seg_len tokens per segment) -> logits
+// when aux_f != NULL (f of the token's segment: seg_len tokens per segment) -> logits; E <= ME
+template <int ME>
 __global__ void moe_gate_backward_kernel(float *dlogits, const float *dwts, const float *scores, const int *sel_all,
                                          int N, int E, int K, int score_func, float route_scale, const float *aux_f,
                                          int seg_len, float coef, float aux_scale) {
@@ -368,7 +378,7 @@ __global__ void moe_gate_backward_kernel(float *dlogits, const float *dwts, cons
     const float *s = scores + (long)n * E;
     const int *sel = sel_all + (long)n * K;
     const float *dw = dwts + (long)n * K;
-    float ds[MOE_MAX_E];
+    float ds[ME];
     for (int e = 0; e < E; e++) ds[e] = 0.0f;
     if (score_func == 0) {
         float S = 0.0f, dot = 0.0f;
@@ -468,8 +478,12 @@ int cu_moe_route(int *sel, float *wts, const float *scores, const float *bias, i
         E % n_groups != 0 || n_limited_groups < 1 || n_limited_groups > n_groups)
         return -1;
     if (n_groups > 1 && bias && E / n_groups < 2) return -1;
-    LAUNCH(moe_route_kernel, ceil_div(N, 64), 64, 0, 0, sel, wts, scores, bias, N, E, K, n_groups, n_limited_groups,
-           score_func, route_scale);
+    if (E <= MOE_SMALL_E)
+        LAUNCH(moe_route_kernel<MOE_SMALL_E>, ceil_div(N, 64), 64, 0, 0, sel, wts, scores, bias, N, E, K, n_groups,
+               n_limited_groups, score_func, route_scale);
+    else
+        LAUNCH(moe_route_kernel<MOE_MAX_E>, ceil_div(N, 64), 64, 0, 0, sel, wts, scores, bias, N, E, K, n_groups,
+               n_limited_groups, score_func, route_scale);
     return 0;
 }
 
@@ -570,18 +584,27 @@ void cu_moe_scatter_add(float *dx, const float *dxe, const int *row_of, int N, i
     LAUNCH(moe_scatter_add_kernel, ceil_div((long)N * C, 256), 256, 0, 0, dx, dxe, row_of, N, K, C);
 }
 
+static void gate_backward(float *dlogits, const float *dwts, const float *scores, const int *sel, int N, int E, int K,
+                          int score_func, float route_scale, const float *aux_f, int seg_len, float coef,
+                          float aux_scale) {
+    if (E <= MOE_SMALL_E)
+        LAUNCH(moe_gate_backward_kernel<MOE_SMALL_E>, ceil_div(N, 64), 64, 0, 0, dlogits, dwts, scores, sel, N, E, K,
+               score_func, route_scale, aux_f, seg_len, coef, aux_scale);
+    else
+        LAUNCH(moe_gate_backward_kernel<MOE_MAX_E>, ceil_div(N, 64), 64, 0, 0, dlogits, dwts, scores, sel, N, E, K,
+               score_func, route_scale, aux_f, seg_len, coef, aux_scale);
+}
+
 void cu_moe_gate_backward(float *dlogits, const float *dwts, const float *scores, const int *sel, int N, int E,
                           int K, int score_func, float route_scale) {
-    LAUNCH(moe_gate_backward_kernel, ceil_div(N, 64), 64, 0, 0, dlogits, dwts, scores, sel, N, E, K, score_func,
-           route_scale, (const float *)NULL, 1, 0.0f, 0.0f);
+    gate_backward(dlogits, dwts, scores, sel, N, E, K, score_func, route_scale, NULL, 1, 0.0f, 0.0f);
 }
 
 void cu_moe_gate_backward_aux(float *dlogits, const float *dwts, const float *scores, const int *sel, int N, int E,
                               int K, int score_func, float route_scale, const float *aux_f, int seg_len, int n_seg,
                               float alpha, float aux_scale) {
     float coef = alpha / ((float)seg_len * (float)n_seg);
-    LAUNCH(moe_gate_backward_kernel, ceil_div(N, 64), 64, 0, 0, dlogits, dwts, scores, sel, N, E, K, score_func,
-           route_scale, aux_f, seg_len, coef, aux_scale);
+    gate_backward(dlogits, dwts, scores, sel, N, E, K, score_func, route_scale, aux_f, seg_len, coef, aux_scale);
 }
 
 void cu_moe_aux_forward(float *aux_f, float *loss_acc, float *scratch, const float *scores, const int *sel, int n_seg,

@@ -78,8 +78,9 @@ int cuda_plan(const ModelConfig *c, int B, int T, int precision, int recompute, 
         }
         acts += N * (a * A + f * F + in * Iw) + fixed;
     }
-    acts += N * (C * F + C * A + F + 3 * Iw);  // x_final lnf lnf_rstd inputs targets pos
-    if (c->mtp_depth > 0) acts += N * (2 * C * F + 5 * C * A + 3 * F + 2 * Iw);  // emb x_out en hn cat(2) ln, rstds, ids
+    acts += N * (C * F + C * A + F + 6 * Iw) + Iw;  // x_final lnf lnf_rstd, inputs targets pos, embedding plan
+    if (c->mtp_depth > 0)  // emb x_out, en hn cat(2) ln, rstds, ids, embedding plan
+        acts += N * (2 * C * F + 5 * C * A + 3 * F + 5 * Iw) + Iw;
     double logits = N * (V * A + F) * (c->mtp_depth > 0 ? 2 : 1);
     // scratch: buffers shared by all blocks
     double nm = n_moe > 0 ? n_moe : 1, E1 = E > 0 ? E : 1;

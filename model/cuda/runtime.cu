@@ -165,6 +165,13 @@ static cublasHandle_t cublas_handle(void) {
             fprintf(stderr, "error: cuBLAS: cublasCreate failed\n");
             exit(EXIT_FAILURE);
         }
+        // by default cuBLAS may sum split-K partial products in a 16-bit OUTPUT type (several
+        // bf16/fp16 roundings per output); keep every reduction in the fp32 compute type
+        cublasMath_t mode = (cublasMath_t)(CUBLAS_DEFAULT_MATH | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION);
+        if (cublasSetMathMode(h, mode) != CUBLAS_STATUS_SUCCESS) {
+            fprintf(stderr, "error: cuBLAS: cublasSetMathMode failed\n");
+            exit(EXIT_FAILURE);
+        }
     }
     return h;
 }
