@@ -196,10 +196,11 @@ enum { PATH_SIMT = 0, PATH_TC = 1, PATH_TC_FWD = 2, PATH_TC_BWD = 3 };
 static const char *path_names[4] = {"_simt", "_tc", "_tcfwd_simtbwd", "_simtfwd_tcbwd"};
 
 // variants of the inputs (bits):
-//   VAR_SPREAD: q scaled by 4 and key row s by 1 + 3 s / 16, so that the scores grow along the
-//     keys (standard deviation ~3 at s = 0 to ~27 at s = 128 for dqk 96): each row's running
-//     maximum then moves by more than the forward's lazy-rescale threshold (8) again and again,
-//     which random scores of the plain cases (standard deviation ~0.6) never do;
+//   VAR_SPREAD: q scaled by 4 and key row s by 1 + 3 s / 16, so that the scaled scores grow along
+//     the keys (standard deviation ~3 (1 + 3 s / 16)): each row's running maximum then moves by
+//     more than the forward's lazy-rescale threshold (8) again and again, which the random scores
+//     of the plain cases (standard deviation ~0.6) never do (a forward without the rescale fails
+//     only these cases);
 //   VAR_MISALIGN: q, k, v, out start 2 bytes after a 16-byte boundary (the tensor-core kernels
 //     then load their tiles element by element instead of by 16-byte copies)
 enum { VAR_SPREAD = 1, VAR_MISALIGN = 2 };
