@@ -8,7 +8,11 @@
 // (converted on load), so the choice tiled / untiled depends on the head sizes only, not on T.
 // Inside the kernels the sequence length is T_ (T is the element type).
 // A simple correct version (no tensor cores); deterministic (no atomics: every output element
-// is summed by one thread in a fixed order).
+// is summed by one thread in a fixed order). The C entry points at the end send bf16 / fp16
+// with head sizes that are multiples of 16 up to 128 to the tensor-core kernels of
+// attention_tc.cu where the device runs them (cu_attention_set_tensor_cores(0): these kernels
+// for every case, for tests of both paths).
+#include "attention_tc.h"
 #include "cuda_common.cuh"
 #include "cuda_ops.h"
 
@@ -409,9 +413,21 @@ static void check_head_dims(int dqk, int dv) {
 
 extern "C" {
 
+// 16-bit q, k, v go to the tensor-core kernels (attention_tc.cu) where they take the head sizes
+// and the device runs them, unless a test asked for the SIMT kernels
+static int use_tensor_cores = 1;
+void cu_attention_set_tensor_cores(int on) { use_tensor_cores = on; }
+static int tc_path(int dqk, int dv, int dt) {
+    return dt != CU_F32 && use_tensor_cores && cu_attention_tc_available(dqk, dv, dt);
+}
+
 void cu_attention_forward(void *out, float *lse, const void *q, const void *k, const void *v, int B, int T, int H,
                           int dqk, int dv, float scale, int dt) {
     check_head_dims(dqk, dv);
+    if (tc_path(dqk, dv, dt)) {
+        cu_attention_tc_forward(out, lse, q, k, v, B, T, H, dqk, dv, scale, dt);
+        return;
+    }
     long rows = (long)B * H * T;
     size_t smem = tiled_smem(dqk, dv);
     if (smem <= ATT_SMEM_MAX) {  // MLA head sizes fit; larger heads take the untiled kernel
@@ -431,6 +447,10 @@ void cu_attention_backward(float *dq, float *dk, float *dv, float *scratch, cons
                            const float *lse, const void *q, const void *k, const void *v, int B, int T, int H,
                            int dqk, int dv_dim, float scale, int dt) {
     check_head_dims(dqk, dv_dim);
+    if (tc_path(dqk, dv_dim, dt)) {
+        cu_attention_tc_backward(dq, dk, dv, scratch, dout, out, lse, q, k, v, B, T, H, dqk, dv_dim, scale, dt);
+        return;
+    }
     long rows = (long)B * H * T;
     size_t tsmem = tiled_bwd_smem(dqk, dv_dim);
     if (tsmem <= ATT_SMEM_MAX) {

@@ -108,12 +108,17 @@ void cu_swiglu_backward(void *dh1, void *dh3, const float *dout, const void *h1,
 // ---- causal attention, flash style (online softmax; saves lse instead of the probabilities) --
 // q, k (B, T, H, dqk), v (B, T, H, dv), out (B, T, H, dv), all of type dt; lse (B, H, T) fp32:
 // log-sum-exp of the scaled scores of each query row. fp32 arithmetic inside. dqk, dv <= 256.
+// bf16 / fp16 with dqk, dv multiples of 16 up to 128 run on tensor cores (attention_tc.cu: fp32
+// accumulation and softmax; P, dS and dout rounded to dt as GEMM operands) where the device has
+// them, the SIMT kernels otherwise (fp32 always). Either forward combines with either backward.
 void cu_attention_forward(void *out, float *lse, const void *q, const void *k, const void *v, int B, int T, int H,
                           int dqk, int dv, float scale, int dt);
 // dq, dk, dv (fp32) accumulate; dout fp32; out, q, k, v of type dt; scratch: B*H*T floats.
 void cu_attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout, const void *out,
                            const float *lse, const void *q, const void *k, const void *v, int B, int T, int H,
                            int dqk, int dv_dim, float scale, int dt);
+// 0: the SIMT kernels for every type (tests of both paths); 1 (default): tensor cores where available
+void cu_attention_set_tensor_cores(int on);
 
 // ---- cross-entropy (logits of type dt) --------------------------------------------------------
 // lse (N); loss_out (1): mean loss over targets >= 0 (0 when none); n_valid_out (1); scratch: N
