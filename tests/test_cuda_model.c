@@ -558,6 +558,12 @@ int main(void) {
         c.q_lora_rank = 0;
         snprintf(nm, sizeof nm, "cuda_model_step_%s_mtp_seqaux_recompute", cu_dtype_name(dt));
         test_half_case(nm, dt, &c, 2, 6, 1);
+        // head sizes that the tensor-core attention takes (multiples of 16)
+        config_tiny(&c);
+        c.mtp_depth = 0;
+        c.qk_nope_dim = 8, c.qk_rope_dim = 8, c.v_head_dim = 16;
+        snprintf(nm, sizeof nm, "cuda_model_step_%s_tensor_core_attention", cu_dtype_name(dt));
+        test_half_case(nm, dt, &c, 2, 7, 0);
         test_recompute_identical(dt);
     }
     test_recompute_identical(CU_F32);
