@@ -31,13 +31,13 @@ if [ -n "$cudnn_libdir" ]; then
   flags="$flags -DMOE_WITH_CUDNN"
   echo "# cuDNN found (libcudnn.so in $cudnn_libdir): compiling with -DMOE_WITH_CUDNN"
 else
-  echo "# cuDNN not found: model/cuda/attention_cudnn.cu compiles to its stubs"
+  echo "# cuDNN not found: model/cuda/attention_cudnn.cu compiles to its refusing entry points"
 fi
 out=$BUILD/nvcc
 mkdir -p "$out"
 hdr_hash=$( (echo "$flags"; "$NVCC" --version; cat model/cuda/*.cuh model/cuda/*.h model/layer_math.h tests/cuda_harness/*.h 2>/dev/null) | sha1sum | cut -c1-40)
 # comm.cu: the NCCL collectives where nccl.h is found (as the Makefile builds it), and the
-# world-1 stub of a build without NCCL
+# single-process implementation of a build without NCCL
 nccl_inc=""
 for d in "$CUDA_HOME/include" /usr/include; do [ -f "$d/nccl.h" ] && { nccl_inc=$d; break; }; done
 fail=0

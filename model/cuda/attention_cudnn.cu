@@ -23,7 +23,7 @@
 // Everything is checked; any failure (no device, old cuDNN, a head size no engine takes,
 // no engine for the graph, a failed execution) becomes a refusal with a reason and nothing
 // is printed. Without MOE_WITH_CUDNN, and under the CUDA-on-CPU harness (cuDNN cannot run
-// on host memory), the entry points are stubs that refuse.
+// on host memory), the entry points refuse.
 #include <stdarg.h>
 #include <stdint.h>
 #include <string.h>
@@ -67,25 +67,25 @@ const char *cu_cudnn_attention_reason(void) { return g_reason; }
 }  // extern "C"
 
 #if !ATT_CUDNN
-// ---- stubs: no cuDNN in this build ------------------------------------------------------------
+// ---- no cuDNN in this build: every entry point refuses ------------------------------------------------------------
 #if defined(MOE_CUDA_HARNESS)
-#define ATT_CUDNN_STUB "CUDA-on-CPU harness (cuDNN runs only on a GPU)"
+#define ATT_CUDNN_ABSENT "CUDA-on-CPU harness (cuDNN runs only on a GPU)"
 #else
-#define ATT_CUDNN_STUB "built without cuDNN (cudnn.h / libcudnn.so not found by model/cuda/module.mk)"
+#define ATT_CUDNN_ABSENT "built without cuDNN (cudnn.h / libcudnn.so not found by model/cuda/module.mk)"
 #endif
 
 extern "C" {
 
 int cu_cudnn_attention_supported(int B, int T, int H, int dqk, int dv, int dt) {
     (void)B, (void)T, (void)H, (void)dqk, (void)dv, (void)dt;
-    set_reason("%s", ATT_CUDNN_STUB);
+    set_reason("%s", ATT_CUDNN_ABSENT);
     return 0;
 }
 int cu_cudnn_attention_forward(void *out, float *lse, const void *q, const void *k, const void *v, int B, int T,
                                int H, int dqk, int dv, float scale, int dt) {
     (void)out, (void)lse, (void)q, (void)k, (void)v, (void)B, (void)T, (void)H, (void)dqk, (void)dv, (void)scale,
         (void)dt;
-    set_reason("%s", ATT_CUDNN_STUB);
+    set_reason("%s", ATT_CUDNN_ABSENT);
     return -1;
 }
 int cu_cudnn_attention_backward(float *dq, float *dk, float *dv, const float *dout, const void *out, const float *lse,
@@ -93,13 +93,13 @@ int cu_cudnn_attention_backward(float *dq, float *dk, float *dv, const float *do
                                 float scale, int dt) {
     (void)dq, (void)dk, (void)dv, (void)dout, (void)out, (void)lse, (void)q, (void)k, (void)v, (void)B, (void)T,
         (void)H, (void)dqk, (void)dv_dim, (void)scale, (void)dt;
-    set_reason("%s", ATT_CUDNN_STUB);
+    set_reason("%s", ATT_CUDNN_ABSENT);
     return -1;
 }
 size_t cu_cudnn_version(void) { return 0; }
 int cu_cudnn_attention_check_graphs(int B, int T, int H, int dqk, int dv, int dt) {
     (void)B, (void)T, (void)H, (void)dqk, (void)dv, (void)dt;
-    set_reason("%s", ATT_CUDNN_STUB);
+    set_reason("%s", ATT_CUDNN_ABSENT);
     return -1;
 }
 void cu_cudnn_attention_release(void) {}

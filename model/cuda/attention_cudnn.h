@@ -2,7 +2,7 @@
 // reached through the backend graph C API) for the CUDA backend: causal, with the same
 // semantics and layouts as cu_attention_forward / cu_attention_backward of cuda_ops.h.
 // Built with cuDNN when module.mk finds its header and library (-DMOE_WITH_CUDNN); otherwise,
-// and always under the CUDA-on-CPU harness, every entry point is an "unavailable" stub.
+// and always under the CUDA-on-CPU harness, every entry point refuses ("unavailable").
 // Nothing here prints or exits: a refusal is a return value, and cu_cudnn_attention_reason()
 // says why. The caller answers a refusal by using the project's flash kernels (attention.cu).
 #ifndef MOE_ATTENTION_CUDNN_H
@@ -40,7 +40,7 @@ size_t cu_cudnn_version(void);
 // For tests without a GPU: creates and finalises every tensor and operation descriptor of the
 // forward and backward graphs and the two operation graphs (without a handle when there is
 // none; no heuristics, no plan). 0 when everything finalises, -1 otherwise (reason set; the
-// stub builds always refuse).
+// builds without cuDNN always refuse).
 int cu_cudnn_attention_check_graphs(int B, int T, int H, int dqk, int dv, int dt);
 // frees the cached plans, the scratch and the cuDNN handle (optional, e.g. before exit)
 void cu_cudnn_attention_release(void);

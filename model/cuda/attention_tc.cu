@@ -588,18 +588,8 @@ int cu_attention_tc_available(int dqk, int dv, int dt) {
     if (atc_bucket(dqk, dv) < 0) return 0;
     static int known[3] = {-1, -1, -1};
     if (known[dt] >= 0) return known[dt];
-    int ok = cu_compute_capability() >= (dt == CU_BF16 ? 80 : 70);
-#if !defined(MOE_CUDA_HARNESS)
-    if (ok) {  // and this build has a kernel image for the device (sm_75 sm_80 sm_86 sm_89 sm_90)
-        cudaFuncAttributes fa;
-        const void *kf = dt == CU_BF16 ? (const void *)att_tc_forward_kernel<bf16, 4, 4>
-                                       : (const void *)att_tc_forward_kernel<f16, 4, 4>;
-        if (cudaFuncGetAttributes(&fa, kf) != cudaSuccess) {
-            cudaGetLastError();
-            ok = 0;
-        }
-    }
-#endif
+    int ok = cu_tensor_core_kernel_ready(dt, dt == CU_BF16 ? (const void *)att_tc_forward_kernel<bf16, 4, 4>
+                                                           : (const void *)att_tc_forward_kernel<f16, 4, 4>);
     known[dt] = ok;
     return ok;
 }

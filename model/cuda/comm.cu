@@ -1,5 +1,5 @@
 // Collectives of data-parallel training (see comm.h): NCCL (nvcc with MOE_WITH_NCCL), a
-// world-1 stub (nvcc without NCCL), or POSIX shared memory between processes under the
+// single-process implementation (nvcc without NCCL: --gpus 1 only), or POSIX shared memory between processes under the
 // CUDA-on-CPU harness.
 #include <cuda_runtime.h>
 #include <errno.h>

@@ -49,6 +49,9 @@ const char *cu_dtype_name(int dt);                              // "fp32", "bf16
 // 1 when the device has tensor cores for dt (bf16: compute capability 8.0+, fp16: 7.0+; fp32:
 // always); under the harness always 1
 int cu_supports_dtype(int dt);
+// 1 when a tensor-core kernel of half type dt can run here: the device has the tensor cores
+// (cu_supports_dtype) and this build holds an image of `kernel` (a __global__ function) for it
+int cu_tensor_core_kernel_ready(int dt, const void *kernel);
 // out (n, of out_dt) = in (n, of in_dt), round to nearest even; the same type is a copy
 void cu_convert(void *out, int out_dt, const void *in, int in_dt, long n);
 // fp32 -> bf16 with stochastic rounding (unbiased), deterministic for a seed

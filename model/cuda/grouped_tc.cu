@@ -181,19 +181,9 @@ int cu_grouped_tc_available(int dt) {
     if (dt != CU_BF16 && dt != CU_F16) return 0;
     static int known[3] = {-1, -1, -1};
     if (known[dt] >= 0) return known[dt];
-    int ok = cu_compute_capability() >= (dt == CU_BF16 ? 80 : 70);
-#if !defined(MOE_CUDA_HARNESS)
-    if (ok) {  // and this build has a kernel image for the device (sm_75 sm_80 sm_86 sm_89 sm_90)
-        cudaFuncAttributes fa;
-        const void *k = dt == CU_BF16
-                            ? (const void *)grouped_tc_kernel<bf16, float, TC_FWD, wmma::row_major, wmma::col_major>
-                            : (const void *)grouped_tc_kernel<f16, float, TC_FWD, wmma::row_major, wmma::col_major>;
-        if (cudaFuncGetAttributes(&fa, k) != cudaSuccess) {
-            cudaGetLastError();
-            ok = 0;
-        }
-    }
-#endif
+    int ok = cu_tensor_core_kernel_ready(
+        dt, dt == CU_BF16 ? (const void *)grouped_tc_kernel<bf16, float, TC_FWD, wmma::row_major, wmma::col_major>
+                          : (const void *)grouped_tc_kernel<f16, float, TC_FWD, wmma::row_major, wmma::col_major>);
     known[dt] = ok;
     return ok;
 }

@@ -23,8 +23,8 @@ CUDA_SRCS := $(sort $(wildcard model/cuda/*.cu))
 
 # cuDNN (optional): with its header and library found, the nvcc builds compile
 # model/cuda/attention_cudnn.cu with -DMOE_WITH_CUDNN (the cuDNN flash-attention path) and the
-# CUDA programs link -lcudnn; without them that file compiles to "unavailable" stubs. The
-# CUDA-on-CPU harness always compiles the stubs (cuDNN cannot run on host memory).
+# CUDA programs link -lcudnn; without them that file compiles to entry points that refuse ("unavailable"). The
+# CUDA-on-CPU harness always compiles those refusing entry points (cuDNN cannot run on host memory).
 CUDNN_HEADER := $(firstword $(wildcard $(CUDA_HOME)/include/cudnn.h /usr/include/cudnn.h))
 CUDNN_LIBDIR := $(patsubst %/,%,$(dir $(firstword $(wildcard $(CUDA_HOME)/lib64/libcudnn.so $(CUDA_HOME)/lib/libcudnn.so \
                   /usr/lib/x86_64-linux-gnu/libcudnn.so /usr/lib64/libcudnn.so /usr/lib/libcudnn.so))))
@@ -33,7 +33,7 @@ CUDNN_DEFS := $(if $(HAVE_CUDNN),-DMOE_WITH_CUDNN,)
 CUDNN_LDLIBS := $(if $(HAVE_CUDNN),-L$(CUDNN_LIBDIR) -lcudnn,)
 
 # NCCL (data-parallel training on several GPUs, comm.cu): used when both its header and its
-# library are found; otherwise comm.cu builds a world-1 stub and --gpus N > 1 is refused
+# library are found; otherwise comm.cu builds a single-process implementation and --gpus N > 1 is refused
 NCCL_HEADER := $(firstword $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h))
 NCCL_LIB := $(firstword $(wildcard $(CUDA_HOME)/lib64/libnccl.so $(CUDA_HOME)/lib/libnccl.so \
               /usr/lib/x86_64-linux-gnu/libnccl.so /usr/lib/aarch64-linux-gnu/libnccl.so /usr/lib64/libnccl.so))

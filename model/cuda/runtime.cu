@@ -99,6 +99,21 @@ int cu_compute_capability(void) {
 #endif
 }
 
+int cu_tensor_core_kernel_ready(int dt, const void *kernel) {
+    if ((dt != CU_BF16 && dt != CU_F16) || !cu_supports_dtype(dt)) return 0;
+#if defined(MOE_CUDA_HARNESS)
+    (void)kernel;
+    return 1;
+#else
+    cudaFuncAttributes fa;  // fails when the build has no image of the kernel for this device
+    if (cudaFuncGetAttributes(&fa, kernel) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return 1;
+#endif
+}
+
 int cu_supports_dtype(int dt) {
     int cc = cu_compute_capability();
     if (dt == CU_F32) return cc > 0;
