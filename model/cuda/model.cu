@@ -781,7 +781,6 @@ float cuda_model_forward(CudaModel *m, const int *inputs, const int *targets, in
         m->pos_T = T, m->pos_N = N;
     }
     cu_upload(m->inputs, inputs, sizeof(int) * (size_t)N);
-    plan_encoder_backward(m, 0, inputs, N);
     cu_zero(m->loss_dev, sizeof(float) * 4);
     cu_encoder_forward(m->blk[0].x_in, m->inputs, m->p.wte, N, C);
     for (int l = 0; l < L; l++) {
@@ -795,6 +794,7 @@ float cuda_model_forward(CudaModel *m, const int *inputs, const int *targets, in
     m->loss = m->ce_loss = m->aux_loss = m->mtp_loss = 0.0f;
     if (!targets) return 0.0f;
     cu_upload(m->targets, targets, sizeof(int) * (size_t)N);
+    plan_encoder_backward(m, 0, inputs, N);  // only a forward with targets is followed by a backward
     cu_crossentropy_forward(m->lse, m->loss_dev + 1, m->n_valid_dev, m->ce_scr, m->logits, m->targets, N, V, dt);
     if (c->mtp_depth > 0) {
         // MTP depth 1: h'_i = eh_proj [enorm(emb(t_{i+1})); hnorm(h_i)] -> block -> norm -> head -> t_{i+2}
